@@ -1,0 +1,68 @@
+"""File names and atomic, never-overwriting audio and manifest writes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import unicodedata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import OutputError
+
+EXTENSIONS = {"wav": ".wav", "flac": ".flac", "ogg": ".ogg"}
+
+
+def prompt_slug(prompt: str, max_length: int = 60) -> str:
+    """A file-system-safe slug of the prompt, capped in length, with a short hash of the full prompt.
+
+    The hash keeps prompts that share a long prefix (or slug to nothing, like emoji) apart.
+    """
+    digest = hashlib.sha1(prompt.encode("utf-8")).hexdigest()[:8]
+    ascii_text = unicodedata.normalize("NFKD", prompt).encode("ascii", "ignore").decode("ascii").lower()
+    words = re.sub(r"[^a-z0-9]+", "-", ascii_text).strip("-")
+    words = words[: max(1, max_length)].rstrip("-") or "prompt"
+    return f"{words}-{digest}"
+
+
+def reserve_path(directory: Path, stem: str, extension: str) -> Path:
+    """Create and return a new, empty file ``stem[-k]extension``; an existing file is never reused."""
+    for k in range(10_000):
+        path = directory / (f"{stem}{extension}" if k == 0 else f"{stem}-{k}{extension}")
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return path
+    raise OutputError(f"output.dir: no free file name for {stem}{extension} in {directory}")
+
+
+def write_audio(path: Path, audio: np.ndarray, sample_rate: int, fmt: str, subtype: str | None) -> None:
+    """Write to a temporary name in the same directory, then rename over the reserved ``path``."""
+    import soundfile as sf
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    try:
+        sf.write(tmp, audio, sample_rate, format=fmt.upper(), subtype=subtype.upper() if subtype else None)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    """Append one JSON row and flush it to disk, so a crash never leaves a torn line behind."""
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())

@@ -1,0 +1,104 @@
+"""Load checkpoint components one by one through ``from_pretrained``.
+
+Each component is loaded only when a stage asks for it, directly in the dtype that stage runs in. Only the classes
+an AudioLDM 2 checkpoint is made of can be named by ``model_index.json``; weights load from safetensors only and
+``trust_remote_code`` is never used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointError
+from .resolve import read_model_index
+
+# (library, class) pairs that model_index.json may name. Schedulers are checked separately.
+ALLOWED_CLASSES: dict[str, set[str]] = {
+    "diffusers": {"AutoencoderKL"},
+    "audioldm2": {"AudioLDM2UNet2DConditionModel", "AudioLDM2ProjectionModel"},
+    "transformers": {
+        "ClapModel",
+        "ClapFeatureExtractor",
+        "T5EncoderModel",
+        "GPT2Model",
+        "GPT2LMHeadModel",
+        "SpeechT5HifiGan",
+        "RobertaTokenizer",
+        "RobertaTokenizerFast",
+        "T5Tokenizer",
+        "T5TokenizerFast",
+    },
+}
+PROCESSORS = {"tokenizer", "tokenizer_2", "feature_extractor"}
+
+
+def _import_class(library: str, class_name: str) -> type:
+    if library == "audioldm2":
+        module = importlib.import_module("diffusers.pipelines.audioldm2")
+    elif library == "diffusers" and class_name.endswith("Scheduler"):
+        module = importlib.import_module("diffusers.schedulers")
+    else:
+        module = importlib.import_module(library)
+    return getattr(module, class_name)
+
+
+class ComponentStore:
+    """Lazily loaded components of one checkpoint directory, shared by the stages of a chain."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.index = read_model_index(self.path)
+        self._loaded: dict[str, Any] = {}
+
+    def class_name(self, name: str) -> str:
+        entry = self.index.get(name)
+        if not isinstance(entry, list) or len(entry) != 2 or entry[1] is None:
+            raise CheckpointError(f"checkpoint {self.path}: component {name!r} is missing from model_index.json")
+        return str(entry[1])
+
+    def config(self, name: str) -> dict[str, Any]:
+        """The component's JSON config, read without loading weights."""
+        import json
+
+        sub = self.path / name
+        for fname in ("config.json", "scheduler_config.json", "preprocessor_config.json"):
+            if (sub / fname).is_file():
+                return json.loads((sub / fname).read_text())
+        raise CheckpointError(f"checkpoint {self.path}: component {name!r} has no config file")
+
+    def get(self, name: str, dtype: torch.dtype | None = None) -> Any:
+        """Return component ``name``, loading it in ``dtype`` on first use (on the CPU)."""
+        if name not in self._loaded:
+            self._loaded[name] = self._load(name, dtype)
+        return self._loaded[name]
+
+    def loaded(self) -> dict[str, Any]:
+        return dict(self._loaded)
+
+    def _load(self, name: str, dtype: torch.dtype | None) -> Any:
+        library, class_name = self.index.get(name, [None, None])
+        if library == "diffusers" and str(class_name).endswith("Scheduler"):
+            return _import_class(library, class_name).from_pretrained(self.path, subfolder=name)
+        if class_name not in ALLOWED_CLASSES.get(str(library), set()):
+            raise CheckpointError(
+                f"checkpoint {self.path}: component {name!r} names {library}.{class_name}, "
+                "which is not a class an AudioLDM 2 checkpoint is made of"
+            )
+        cls = _import_class(library, class_name)
+        sub = self.path / name
+        if name in PROCESSORS:
+            return cls.from_pretrained(sub)
+        if not any(sub.glob("*.safetensors")):
+            found = sorted(p.name for p in sub.iterdir()) if sub.is_dir() else []
+            raise CheckpointError(
+                f"checkpoint {self.path}: component {name!r} has no .safetensors weights (found {found}); "
+                "pickle-based weight files are not loaded"
+            )
+        dtype = dtype or torch.float32
+        if library == "transformers":
+            return cls.from_pretrained(sub, use_safetensors=True, dtype=dtype).eval()
+        return cls.from_pretrained(self.path, subfolder=name, use_safetensors=True, torch_dtype=dtype).eval()

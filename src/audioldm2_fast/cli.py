@@ -1,0 +1,154 @@
+"""The ``audioldm2-fast`` command: a Hydra app whose bad input fails in one line before anything is loaded."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Sequence
+
+import hydra
+from omegaconf import DictConfig
+
+from .errors import Audioldm2FastError, ConfigError
+from .paths import conf_dir, config_groups
+
+log = logging.getLogger("audioldm2_fast")
+
+PROG = "audioldm2-fast"
+# Hydra flags that take a value, and flags that mean "do not run a job" (help, config printing, ...).
+_VALUE_FLAGS = {"-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir", "-p", "--package",
+                "--experimental-rerun"}
+_INFO_FLAGS = {"-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info", "-sc",
+               "--shell-completion", "--resolve"}
+
+
+def _split_argv(argv: Sequence[str]) -> tuple[list[str], bool, bool]:
+    """(overrides, multirun, info_only) from a Hydra command line."""
+    overrides: list[str] = []
+    multirun = info_only = False
+    skip_next = False
+    for arg in argv:
+        if skip_next:
+            skip_next = False
+            continue
+        if arg in ("-m", "--multirun"):
+            multirun = True
+        elif arg in _VALUE_FLAGS:
+            skip_next = True
+        elif arg.split("=")[0] in _INFO_FLAGS:
+            info_only = True
+            if arg in ("-c", "--cfg", "-i", "--info", "-sc", "--shell-completion"):
+                skip_next = False  # their value, if any, looks like an override-free word; harmless to parse
+        elif not arg.startswith("-"):
+            overrides.append(arg)
+    return overrides, multirun, info_only
+
+
+def _one_line(text: str) -> str:
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith(("full_key:", "object_type", "Set the environment"))]
+    return re.sub(r"\s+", " ", "; ".join(lines))
+
+
+def check_overrides(argv: Sequence[str]) -> None:
+    """Refuse unknown group options, unknown keys and invalid values before Hydra starts a run."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides, multirun, info_only = _split_argv(argv)
+    if info_only:
+        return
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as exc:
+        raise ConfigError("", f"cannot parse the overrides: {_one_line(exc)}") from None
+
+    groups = config_groups()
+    first_values: list[str] = []
+    for override in parsed:
+        key = override.key_or_group
+        if override.is_sweep_override():
+            if not multirun:
+                raise ConfigError(key, "a sweep (a,b,...) needs -m/--multirun")
+            values = list(override.sweep_string_iterator())
+        else:
+            values = [override.get_value_element_as_str()] if not override.is_delete() else []
+        if key in groups:
+            for value in values:
+                if value not in groups[key]:
+                    raise ConfigError(key, f"unknown option {value!r}; choose one of: {', '.join(groups[key])}")
+        first = values[0] if values else None
+        prefix = override.get_key_element()
+        first_values.append(override.input_line if first is None else f"{prefix}={first}")
+
+    from .runner import compose_config
+
+    try:
+        cfg = compose_config(first_values)
+    except (HydraException, OmegaConfBaseException) as exc:
+        message = _one_line(exc)
+        match = re.search(r"Could not override '([^']+)'", message)
+        if match and "not in struct" in message:
+            raise ConfigError(match.group(1), "unknown key (check the spelling, or see --cfg job)") from None
+        raise ConfigError("", message) from None
+    if not multirun:
+        from .config import validate_config
+
+        validate_config(cfg)
+
+
+def _fail(exc: Audioldm2FastError) -> None:
+    print(f"{PROG}: error: {exc}", file=sys.stderr)
+    sys.exit(exc.exit_code)
+
+
+def run_task(cfg: DictConfig) -> None:
+    """One Hydra job: generate and report what was written."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from .runner import Generator
+
+    if cfg.output.get("dir") is None:
+        cfg.output.dir = HydraConfig.get().runtime.output_dir
+    generator = Generator(cfg)
+    result = generator.generate()
+    for record in result.records:
+        rank = f" rank {record['rank']} score {record['score']:.3f}" if record["score"] is not None else ""
+        log.info("wrote %s%s", record["path"], rank)
+    total = sum(result.timings.values())
+    stages = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
+    print(f"{PROG}: wrote {len(result.records)} file(s) to {cfg.output.dir} in {total:.2f} s ({stages})")
+
+
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
+def _hydra_entry(cfg: DictConfig) -> None:
+    try:
+        run_task(cfg)
+    except Audioldm2FastError as exc:
+        log.error("%s", exc)
+        _fail(exc)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point (``audioldm2-fast`` and ``python -m audioldm2_fast``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _quiet_libraries()
+    try:
+        check_overrides(argv)
+    except Audioldm2FastError as exc:
+        _fail(exc)
+    sys.argv = [PROG, *argv]
+    _hydra_entry()
+
+
+def _quiet_libraries() -> None:
+    """Model-loading progress bars and advisory warnings from diffusers/transformers are noise in a CLI run."""
+    import diffusers
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()

@@ -1,0 +1,233 @@
+"""Validation of a composed config, and the resolution of devices and dtypes.
+
+``validate_config`` runs before any model is loaded. It reads no weights (a checkpoint directory's
+``model_index.json`` at most) and raises ``ConfigError`` naming the offending key.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from .errors import ConfigError
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+FORMATS = {"wav": "WAV", "flac": "FLAC", "ogg": "OGG"}
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda|cuda:\d+|meta)$")
+_AVAILABLE = {
+    "attention.backend": {"sdpa"},
+    "compile.mode": {"none"},
+    "offload.mode": {"none"},
+}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def _int(cfg: DictConfig, key: str, minimum: int, allow_none: bool = False) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value is None and allow_none:
+        return
+    if not _is_int(value) or value < minimum:
+        raise ConfigError(key, f"must be an integer >= {minimum} (got {value!r})")
+
+
+def _number(cfg: DictConfig, key: str, minimum: float, strict: bool = False, allow_none: bool = False) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value is None and allow_none:
+        return
+    bad = not _is_number(value) or (value <= minimum if strict else value < minimum)
+    if bad:
+        relation = ">" if strict else ">="
+        raise ConfigError(key, f"must be a finite number {relation} {minimum} (got {value!r})")
+
+
+def prompt_list(value: Any, key: str = "prompt") -> list[str]:
+    """Normalise a prompt value (string or list of strings) to a non-empty list of non-blank strings."""
+    if isinstance(value, str):
+        items = [value]
+    elif isinstance(value, (list, tuple, ListConfig)):
+        items = list(value)
+    else:
+        raise ConfigError(key, f"must be a string or a list of strings (got {type(value).__name__})")
+    if not items:
+        raise ConfigError(key, "must not be an empty list")
+    for i, item in enumerate(items):
+        where = key if isinstance(value, str) else f"{key}[{i}]"
+        if not isinstance(item, str):
+            raise ConfigError(where, f"must be a string (got {type(item).__name__})")
+        if not item.strip():
+            raise ConfigError(where, "must not be empty")
+    return items
+
+
+def negative_prompt_list(value: Any, num_prompts: int) -> list[str] | None:
+    """None, one negative prompt for every prompt, or one per prompt."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value] * num_prompts
+    if not isinstance(value, (list, tuple, ListConfig)):
+        raise ConfigError("negative_prompt", f"must be a string or a list of strings (got {type(value).__name__})")
+    items = list(value)
+    if len(items) != num_prompts:
+        raise ConfigError(
+            "negative_prompt", f"has {len(items)} entries but prompt has {num_prompts}; give one per prompt or one string"
+        )
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise ConfigError(f"negative_prompt[{i}]", f"must be a string (got {type(item).__name__})")
+    return items
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``auto`` picks CUDA, then MPS, then the CPU."""
+    if name in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def _check_device(key: str, value: Any, allow_none: bool) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, str) or not _DEVICE_RE.match(value):
+        raise ConfigError(key, f"must be auto, cpu, cuda, cuda:N or mps (got {value!r})")
+    if value.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(key, f"{value!r} requested but no CUDA device is available; use device=cpu")
+        index = int(value.split(":")[1]) if ":" in value else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(key, f"{value!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    if value == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ConfigError(key, "'mps' requested but MPS is not available; use device=cpu")
+
+
+def stage_placement(cfg: DictConfig, stage: str) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype a stage runs in: its own setting, else the top-level device and precision."""
+    scfg = cfg.stages.get(stage) or {}
+    device = resolve_device(scfg.get("device") or cfg.device)
+    dtype = DTYPES[scfg.get("dtype") or cfg.precision.dtype]
+    return device, dtype
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Check every user-settable value; raise ConfigError naming the first offending key."""
+    if cfg.get("task") != "generate":
+        raise ConfigError("task", f"unknown task {cfg.get('task')!r}; available: generate")
+    prompt = cfg.get("prompt")
+    if prompt is None:
+        raise ConfigError("prompt", 'required, e.g. prompt="rain on a tin roof"')
+    prompts = prompt_list(prompt)
+    negative_prompt_list(cfg.get("negative_prompt"), len(prompts))
+
+    _int(cfg, "seed", 0)
+    if cfg.seed >= 2**63:
+        raise ConfigError("seed", f"must be below 2**63 (got {cfg.seed})")
+    _int(cfg, "num_waveforms", 1)
+    _number(cfg, "audio_length_s", 0.0, strict=True, allow_none=True)
+    _number(cfg, "guidance_scale", 0.0)
+    _int(cfg, "steps", 1, allow_none=True)
+    _number(cfg, "eta", 0.0)
+    _int(cfg, "max_new_tokens", 1, allow_none=True)
+    _check_device("device", cfg.get("device"), allow_none=False)
+
+    _validate_output(cfg)
+    _validate_scheduler(cfg)
+    if cfg.precision.get("dtype") not in DTYPES:
+        raise ConfigError("precision.dtype", f"must be one of {sorted(DTYPES)} (got {cfg.precision.get('dtype')!r})")
+    for key, allowed in _AVAILABLE.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ConfigError(key, f"{value!r} is not available; choose one of {sorted(allowed)}")
+    _validate_stages(cfg)
+    _validate_checkpoint(cfg)
+
+
+def _validate_output(cfg: DictConfig) -> None:
+    import soundfile as sf
+
+    fmt = cfg.output.get("format")
+    if fmt not in FORMATS:
+        raise ConfigError("output.format", f"must be one of {sorted(FORMATS)} (got {fmt!r})")
+    subtype = cfg.output.get("subtype")
+    if subtype is not None:
+        if not isinstance(subtype, str) or subtype.upper() not in sf.available_subtypes(FORMATS[fmt]):
+            choices = ", ".join(sorted(sf.available_subtypes(FORMATS[fmt])))
+            raise ConfigError("output.subtype", f"{subtype!r} is not valid for {fmt}; choose one of {choices}")
+    _int(cfg, "output.name_max_length", 8)
+    out_dir = cfg.output.get("dir")
+    if out_dir is not None:
+        from pathlib import Path
+
+        if not isinstance(out_dir, str) or not out_dir.strip():
+            raise ConfigError("output.dir", f"must be a directory path (got {out_dir!r})")
+        path = Path(out_dir).expanduser()
+        if path.exists() and not path.is_dir():
+            raise ConfigError("output.dir", f"{out_dir!r} exists and is not a directory")
+
+
+def _validate_scheduler(cfg: DictConfig) -> None:
+    from .schedulers import scheduler_class
+
+    scheduler_class(cfg.scheduler)  # raises ConfigError for unknown or incompatible classes
+    _int(cfg, "scheduler.default_steps", 1)
+    if not isinstance(cfg.scheduler.get("config") or {}, (dict, DictConfig)):
+        raise ConfigError("scheduler.config", "must be a mapping of scheduler config values")
+
+
+def _validate_stages(cfg: DictConfig) -> None:
+    from .stages.registry import resolve_stage_class
+
+    chain = cfg.pipeline.get("chain")
+    if not isinstance(chain, (list, ListConfig)) or not chain:
+        raise ConfigError("pipeline.chain", "must be a non-empty list of stage names")
+    for name in chain:
+        if name not in (cfg.get("stages") or {}):
+            raise ConfigError("pipeline.chain", f"stage {name!r} has no entry under stages")
+    for name, scfg in cfg.stages.items():
+        resolve_stage_class(scfg.get("impl"), key=f"stages.{name}.impl")
+        _check_device(f"stages.{name}.device", scfg.get("device"), allow_none=True)
+        dtype = scfg.get("dtype")
+        if dtype is not None and dtype not in DTYPES:
+            raise ConfigError(f"stages.{name}.dtype", f"must be one of {sorted(DTYPES)} or null (got {dtype!r})")
+        if name in chain:
+            device, resolved = stage_placement(cfg, name)
+            if device.type == "cpu" and resolved == torch.float16:
+                key = f"stages.{name}.dtype" if dtype else "precision"
+                raise ConfigError(key, f"fp16 is not supported on the CPU (stage {name}); use fp32 or bf16")
+
+
+def _validate_checkpoint(cfg: DictConfig) -> None:
+    from pathlib import Path
+
+    from .checkpoints.resolve import read_model_index
+
+    ckpt = cfg.checkpoint
+    if ckpt.get("name") == "tiny":
+        tiny = ckpt.get("tiny") or {}
+        if tiny.get("language_model_class", "GPT2Model") not in ("GPT2Model", "GPT2LMHeadModel"):
+            raise ConfigError(
+                "checkpoint.tiny.language_model_class",
+                f"must be GPT2Model or GPT2LMHeadModel (got {tiny.get('language_model_class')!r})",
+            )
+        return
+    if ckpt.get("path"):
+        read_model_index(Path(str(ckpt.path)).expanduser())
+    elif not ckpt.get("repo_id"):
+        raise ConfigError("checkpoint.path", "required for checkpoint=local (a diffusers-format AudioLDM 2 directory)")

@@ -1,0 +1,42 @@
+"""User-facing errors. Each carries the exit code the command line returns for it (see README, "Exit codes")."""
+
+from __future__ import annotations
+
+
+class Audioldm2FastError(Exception):
+    """Base class: an error whose message is shown to the user as one line, without a traceback."""
+
+    exit_code = 1
+
+
+class ConfigError(Audioldm2FastError, ValueError):
+    """A config value or override is invalid. Raised before any model is loaded."""
+
+    exit_code = 2
+
+    def __init__(self, key: str, problem: str):
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{key}: {problem}" if key else problem)
+
+
+class CheckpointError(Audioldm2FastError):
+    """A checkpoint cannot be found, or is not an AudioLDM 2 checkpoint."""
+
+    exit_code = 3
+
+
+class OutputError(Audioldm2FastError):
+    """The output location cannot be written."""
+
+    exit_code = 4
+
+
+class StageError(Audioldm2FastError):
+    """A stage failed while generating."""
+
+    exit_code = 5
+
+    def __init__(self, stage: str, problem: str):
+        self.stage = stage
+        super().__init__(f"stage {stage}: {problem}")

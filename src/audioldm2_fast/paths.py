@@ -1,0 +1,21 @@
+"""Where the config tree lives: inside the installed package, or at the top of a source checkout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def conf_dir() -> Path:
+    packaged = Path(__file__).resolve().parent / "conf"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "conf"
+
+
+def config_groups() -> dict[str, list[str]]:
+    """Each config group and its options (file names without .yaml)."""
+    root = conf_dir()
+    groups: dict[str, list[str]] = {}
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "hydra"):
+        groups[sub.name] = sorted(str(f.relative_to(sub).with_suffix("")) for f in sub.rglob("*.yaml"))
+    return groups

@@ -1,0 +1,68 @@
+"""The latent diffusion UNet, the scheduler loop and classifier-free guidance."""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..geometry import audio_geometry
+from ..schedulers import build_scheduler
+from ..state import GenerationState
+from .base import Stage
+from .registry import register_stage
+
+
+@register_stage("denoiser")
+class Denoiser(Stage):
+    components = ("unet",)
+
+    def _step_kwargs(self, scheduler, state: GenerationState) -> dict:
+        params = set(inspect.signature(scheduler.step).parameters)
+        kwargs = {}
+        if "eta" in params:
+            kwargs["eta"] = state.eta
+        if "generator" in params:
+            kwargs["generator"] = state.generator
+        return kwargs
+
+    @torch.no_grad()
+    def __call__(self, state: GenerationState) -> GenerationState:
+        unet = self.modules["unet"]
+        geometry = audio_geometry(
+            state.audio_length_s, self.store.config("vocoder"), self.store.config("vae"), unet.config
+        )
+        state.waveform_length = geometry.waveform_length
+
+        n = state.num_waveforms
+        # [neg_0, neg_1, ..., pos_0, pos_1, ...] -> every row repeated n times, as the stock pipeline lays it out.
+        cond_gpt2 = self.to_stage(state.generated_embeds).repeat_interleave(n, dim=0)
+        cond_t5 = self.to_stage(state.t5_embeds).repeat_interleave(n, dim=0)
+        mask_t5 = self.to_stage(state.t5_mask).repeat_interleave(n, dim=0)
+
+        scheduler = build_scheduler(self.cfg.scheduler, self.store.config("scheduler"))
+        scheduler.set_timesteps(state.steps, device=self.device)
+        shape = (state.batch_size * n, unet.config.in_channels, *geometry.latent_hw)
+        latents = randn_tensor(shape, generator=state.generator, device=self.device, dtype=self.dtype)
+        latents = latents * scheduler.init_noise_sigma
+        step_kwargs = self._step_kwargs(scheduler, state)
+        guidance = state.do_classifier_free_guidance
+
+        for t in scheduler.timesteps:
+            model_input = torch.cat([latents] * 2) if guidance else latents
+            model_input = scheduler.scale_model_input(model_input, t)
+            noise_pred = unet(
+                model_input,
+                t,
+                encoder_hidden_states=cond_gpt2,
+                encoder_hidden_states_1=cond_t5,
+                encoder_attention_mask_1=mask_t5,
+                return_dict=False,
+            )[0]
+            if guidance:
+                uncond, text = noise_pred.chunk(2)
+                noise_pred = uncond + state.guidance_scale * (text - uncond)
+            latents = scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
+        state.latents = latents
+        return state

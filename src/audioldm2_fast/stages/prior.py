@@ -1,0 +1,67 @@
+"""Projection of both text embeddings and the GPT-2 prior that generates ``max_new_tokens`` hidden states.
+
+The loop uses GPT-2's key/value cache and works with ``GPT2Model`` (as the published checkpoints ship it) and
+``GPT2LMHeadModel`` alike: only the base transformer's last hidden state is used, which is what the stock pipeline
+takes from ``hidden_states[-1]``. The stock loop calls generation helpers that ``GPT2Model`` lacks under
+transformers 5, and so fails on the published checkpoints.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from ..state import GenerationState
+from .base import Stage
+from .registry import register_stage
+
+
+def _cache_kwarg(model: torch.nn.Module) -> str:
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+@torch.no_grad()
+def generate_hidden_states(
+    language_model: torch.nn.Module, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int
+) -> torch.Tensor:
+    """Autoregressively append ``max_new_tokens`` last-layer hidden states to ``inputs_embeds``; return the new ones."""
+    transformer = getattr(language_model, "transformer", language_model)  # GPT2LMHeadModel wraps a GPT2Model
+    cache_kwarg = _cache_kwarg(transformer)
+    out = transformer(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=True)
+    new = out.last_hidden_state[:, -1:, :]
+    generated = [new]
+    for _ in range(max_new_tokens - 1):
+        cache = out.get("cache", None) or out.get("past_key_values", None)
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones((attention_mask.shape[0], 1))], dim=1)
+        out = transformer(inputs_embeds=new, attention_mask=attention_mask, use_cache=True, **{cache_kwarg: cache})
+        new = out.last_hidden_state[:, -1:, :]
+        generated.append(new)
+    return torch.cat(generated, dim=1)
+
+
+@register_stage("prior")
+class Prior(Stage):
+    components = ("projection_model", "language_model")
+
+    def max_new_tokens(self, state: GenerationState) -> int:
+        if state.max_new_tokens is not None:
+            return int(state.max_new_tokens)
+        return int(getattr(self.modules["language_model"].config, "max_new_tokens", None) or 8)
+
+    @torch.no_grad()
+    def __call__(self, state: GenerationState) -> GenerationState:
+        projected = self.modules["projection_model"](
+            hidden_states=self.to_stage(state.clap_embeds),
+            hidden_states_1=self.to_stage(state.t5_embeds),
+            attention_mask=self.to_stage(state.clap_mask),
+            attention_mask_1=self.to_stage(state.t5_mask),
+        )
+        state.generated_embeds = generate_hidden_states(
+            self.modules["language_model"],
+            projected.hidden_states,
+            projected.attention_mask,
+            self.max_new_tokens(state),
+        )
+        return state

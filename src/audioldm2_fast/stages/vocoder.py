@@ -1,0 +1,25 @@
+"""HiFi-GAN vocoder: mel spectrogram -> waveform, trimmed to the requested length, float32 on the CPU."""
+
+from __future__ import annotations
+
+import torch
+
+from ..state import GenerationState
+from .base import Stage
+from .registry import register_stage
+
+
+@register_stage("vocoder")
+class Vocoder(Stage):
+    components = ("vocoder",)
+
+    @torch.no_grad()
+    def __call__(self, state: GenerationState) -> GenerationState:
+        vocoder = self.modules["vocoder"]
+        mel = self.to_stage(state.mel)
+        if mel.dim() == 4:
+            mel = mel.squeeze(1)
+        waveforms = vocoder(mel).cpu().float()
+        state.waveforms = waveforms[:, : state.waveform_length]
+        state.sample_rate = int(vocoder.config.sampling_rate)
+        return state

@@ -1,0 +1,62 @@
+"""The state object that travels through the stage chain: each stage reads what it needs and adds what it makes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class GenerationState:
+    """One generation call. Tensors of the text side are ordered [negatives..., positives...] when guidance is on."""
+
+    # The request.
+    prompts: list[str]
+    negative_prompts: list[str] | None
+    num_waveforms: int
+    seed: int
+    guidance_scale: float
+    steps: int
+    eta: float
+    audio_length_s: float | None
+    max_new_tokens: int | None
+    generator: torch.Generator
+
+    # text_encoders
+    clap_embeds: torch.Tensor | None = None  # (P, 1, clap_dim) pooled CLAP text embedding
+    clap_mask: torch.Tensor | None = None  # (P, 1)
+    t5_embeds: torch.Tensor | None = None  # (P, L, t5_dim) Flan-T5 last hidden state
+    t5_mask: torch.Tensor | None = None  # (P, L)
+    # prior
+    generated_embeds: torch.Tensor | None = None  # (P, max_new_tokens, gpt2_dim)
+    # denoiser
+    latents: torch.Tensor | None = None  # (B * num_waveforms, C, H, W)
+    waveform_length: int | None = None  # samples kept after the vocoder (requested length)
+    # vae_decoder
+    mel: torch.Tensor | None = None  # (B * num_waveforms, 1, frames, mel_bins)
+    # vocoder
+    waveforms: torch.Tensor | None = None  # (B * num_waveforms, samples), float32 on the CPU
+    sample_rate: int | None = None
+    # ranker
+    scores: torch.Tensor | None = None  # (B * num_waveforms,) CLAP cosine similarity to the own prompt
+    ranks: torch.Tensor | None = None  # (B * num_waveforms,) 1 = best candidate of its prompt
+    # writer
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self.guidance_scale > 1.0
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.prompts)
+
+    def prompt_index(self, waveform_index: int) -> int:
+        return waveform_index // self.num_waveforms
+
+    def candidate_index(self, waveform_index: int) -> int:
+        return waveform_index % self.num_waveforms
