@@ -34,8 +34,10 @@ def stock(tiny_dir):
 CASES = {
     "negative_prompt": dict(prompt="The sound of Brazilian samba drums", negative_prompt="Low quality."),
     "no_negative_prompt": dict(prompt="rain on a tin roof"),
-    "two_prompts": dict(prompt=["a dog barking", "piano with soft rain in the background"],
-                        negative_prompt=["Low quality.", "loud crowd"]),
+    "two_prompts": dict(
+        prompt=["a dog barking", "piano with soft rain in the background"],
+        negative_prompt=["Low quality.", "loud crowd"],
+    ),
     "no_guidance": dict(prompt="wind", guidance_scale=1.0),
     "length_not_latent_multiple": dict(prompt="birds", audio_length_in_s=1.01),
     "two_waveforms": dict(prompt="engine", num_waveforms_per_prompt=2, seed=3),

@@ -17,10 +17,30 @@ log = logging.getLogger("audioldm2_fast")
 
 PROG = "audioldm2-fast"
 # Hydra flags that take a value, and flags that mean "do not run a job" (help, config printing, ...).
-_VALUE_FLAGS = {"-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir", "-p", "--package",
-                "--experimental-rerun"}
-_INFO_FLAGS = {"-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info", "-sc",
-               "--shell-completion", "--resolve"}
+_VALUE_FLAGS = {
+    "-cn",
+    "--config-name",
+    "-cp",
+    "--config-path",
+    "-cd",
+    "--config-dir",
+    "-p",
+    "--package",
+    "--experimental-rerun",
+}
+_INFO_FLAGS = {
+    "-h",
+    "--help",
+    "--hydra-help",
+    "--version",
+    "-c",
+    "--cfg",
+    "-i",
+    "--info",
+    "-sc",
+    "--shell-completion",
+    "--resolve",
+}
 
 
 def _split_argv(argv: Sequence[str]) -> tuple[list[str], bool, bool]:
@@ -90,13 +110,15 @@ def check_overrides(argv: Sequence[str]) -> None:
     except (HydraException, OmegaConfBaseException) as exc:
         message = _one_line(exc)
         match = re.search(r"Could not override '([^']+)'", message)
-        if match and "not in struct" in message:
-            raise ConfigError(match.group(1), "unknown key (check the spelling, or see --cfg job)") from None
+        if match:
+            raise ConfigError(match.group(1), "unknown key (check the spelling; --cfg job lists every key)") from None
         raise ConfigError("", message) from None
     if not multirun:
+        from .checkpoints.resolve import resolve_checkpoint
         from .config import validate_config
 
         validate_config(cfg)
+        resolve_checkpoint(cfg.checkpoint)  # a missing checkpoint fails here, before Hydra creates a run dir
 
 
 def _fail(exc: Audioldm2FastError) -> None:
@@ -127,7 +149,6 @@ def _hydra_entry(cfg: DictConfig) -> None:
     try:
         run_task(cfg)
     except Audioldm2FastError as exc:
-        log.error("%s", exc)
         _fail(exc)
 
 

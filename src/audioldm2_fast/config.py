@@ -81,7 +81,8 @@ def negative_prompt_list(value: Any, num_prompts: int) -> list[str] | None:
     items = list(value)
     if len(items) != num_prompts:
         raise ConfigError(
-            "negative_prompt", f"has {len(items)} entries but prompt has {num_prompts}; give one per prompt or one string"
+            "negative_prompt",
+            f"has {len(items)} entries but prompt has {num_prompts}; give one per prompt or one string",
         )
     for i, item in enumerate(items):
         if not isinstance(item, str):
@@ -166,10 +167,10 @@ def _validate_output(cfg: DictConfig) -> None:
     if fmt not in FORMATS:
         raise ConfigError("output.format", f"must be one of {sorted(FORMATS)} (got {fmt!r})")
     subtype = cfg.output.get("subtype")
-    if subtype is not None:
-        if not isinstance(subtype, str) or subtype.upper() not in sf.available_subtypes(FORMATS[fmt]):
-            choices = ", ".join(sorted(sf.available_subtypes(FORMATS[fmt])))
-            raise ConfigError("output.subtype", f"{subtype!r} is not valid for {fmt}; choose one of {choices}")
+    valid_subtypes = sf.available_subtypes(FORMATS[fmt])
+    if subtype is not None and (not isinstance(subtype, str) or subtype.upper() not in valid_subtypes):
+        choices = ", ".join(sorted(valid_subtypes))
+        raise ConfigError("output.subtype", f"{subtype!r} is not valid for {fmt}; choose one of {choices}")
     _int(cfg, "output.name_max_length", 8)
     out_dir = cfg.output.get("dir")
     if out_dir is not None:

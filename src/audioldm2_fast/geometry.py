@@ -23,7 +23,10 @@ class AudioGeometry:
 
 
 def audio_geometry(
-    audio_length_s: float | None, vocoder_config: dict[str, Any], vae_config: dict[str, Any], unet_config: dict[str, Any]
+    audio_length_s: float | None,
+    vocoder_config: dict[str, Any],
+    vae_config: dict[str, Any],
+    unet_config: dict[str, Any],
 ) -> AudioGeometry:
     """Mirror ``AudioLDM2Pipeline.__call__``: same float expressions, so the same frame and sample counts."""
     vae_scale_factor = 2 ** (len(vae_config["block_out_channels"]) - 1)

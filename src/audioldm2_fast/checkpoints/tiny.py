@@ -36,10 +36,55 @@ _SCHEDULER_CONFIG = {
 }
 
 _T5_WORDS = (
-    "the a an of and with in on to sound music drums rain low quality average high waves dog bark piano guitar "
-    "birds wind engine car water crowd people talking footsteps bell jazz rock techno beat bass loud soft "
-    "background gently crashing brazilian samba hammer hitting wooden surface"
-).split()
+    "the",
+    "a",
+    "an",
+    "of",
+    "and",
+    "with",
+    "in",
+    "on",
+    "to",
+    "sound",
+    "music",
+    "drums",
+    "rain",
+    "low",
+    "quality",
+    "average",
+    "high",
+    "waves",
+    "dog",
+    "bark",
+    "piano",
+    "guitar",
+    "birds",
+    "wind",
+    "engine",
+    "car",
+    "water",
+    "crowd",
+    "people",
+    "talking",
+    "footsteps",
+    "bell",
+    "jazz",
+    "rock",
+    "techno",
+    "beat",
+    "bass",
+    "loud",
+    "soft",
+    "background",
+    "gently",
+    "crashing",
+    "brazilian",
+    "samba",
+    "hammer",
+    "hitting",
+    "wooden",
+    "surface",
+)
 
 
 def _roberta_tokenizer(model_max_length: int):

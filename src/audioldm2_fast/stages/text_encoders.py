@@ -25,16 +25,23 @@ class TextEncoders(Stage):
     def _tokenize(self, state: GenerationState) -> tuple[dict, dict]:
         clap_tok, t5_tok = self.modules["tokenizer"], self.modules["tokenizer_2"]
         prompts = state.prompts
-        clap = clap_tok(prompts, padding="max_length", max_length=clap_tok.model_max_length, truncation=True,
-                        return_tensors="pt")
+        clap = clap_tok(
+            prompts, padding="max_length", max_length=clap_tok.model_max_length, truncation=True, return_tensors="pt"
+        )
         t5 = t5_tok(prompts, padding=True, max_length=t5_tok.model_max_length, truncation=True, return_tensors="pt")
         self._warn_truncation(t5_tok, prompts, t5.input_ids)
         if state.do_classifier_free_guidance:
             negatives = state.negative_prompts or [""] * len(prompts)
-            clap_neg = clap_tok(negatives, padding="max_length", max_length=clap_tok.model_max_length,
-                                truncation=True, return_tensors="pt")
-            t5_neg = t5_tok(negatives, padding="max_length", max_length=t5.input_ids.shape[1], truncation=True,
-                            return_tensors="pt")
+            clap_neg = clap_tok(
+                negatives,
+                padding="max_length",
+                max_length=clap_tok.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            )
+            t5_neg = t5_tok(
+                negatives, padding="max_length", max_length=t5.input_ids.shape[1], truncation=True, return_tensors="pt"
+            )
             clap = {k: torch.cat([clap_neg[k], clap[k]]) for k in ("input_ids", "attention_mask")}
             t5 = {k: torch.cat([t5_neg[k], t5[k]]) for k in ("input_ids", "attention_mask")}
         return dict(clap), dict(t5)

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from ..audio_io import EXTENSIONS, append_jsonl, prompt_slug, reserve_path, write_audio
 from ..errors import OutputError, StageError
 from ..schedulers import num_steps
@@ -38,7 +39,8 @@ class Writer(Stage):
         order = self._order(state)
         for i in order:
             p = state.prompt_index(i)
-            stem = f"{prompt_slug(state.prompts[p], self.cfg.output.name_max_length)}_s{state.seed}_c{state.candidate_index(i)}"
+            slug = prompt_slug(state.prompts[p], self.cfg.output.name_max_length)
+            stem = f"{slug}_s{state.seed}_c{state.candidate_index(i)}"
             try:
                 path = reserve_path(out_dir, stem, EXTENSIONS[fmt])
                 write_audio(path, waveforms[i], state.sample_rate, fmt, subtype)
