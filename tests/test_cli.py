@@ -93,3 +93,14 @@ def test_output_dir_that_is_a_file_is_refused(tmp_path):
     proc = _run(["checkpoint=tiny", "prompt=x", f"output.dir={target}"], cwd=tmp_path)
     assert proc.returncode == 2 and "output.dir" in proc.stderr
     assert target.read_text() == "keep me"
+
+
+@pytest.mark.slow
+def test_multirun_sweep_writes_one_run_per_job(tmp_path):
+    proc = _run(
+        ["-m", "checkpoint=tiny", "prompt=x", "scheduler=ddim,dpmpp_2m", "steps=2", "audio_length_s=0.5"], cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    manifests = sorted((tmp_path / "outputs" / "multirun").glob("*/*/*/manifest.jsonl"))
+    assert len(manifests) == 2
+    assert {json.loads(m.read_text())["scheduler"] for m in manifests} == {"ddim", "dpmpp_2m"}

@@ -91,7 +91,11 @@ def check_overrides(argv: Sequence[str]) -> None:
         key = override.key_or_group
         if override.is_sweep_override():
             if not multirun:
-                raise ConfigError(key, "a sweep (a,b,...) needs -m/--multirun")
+                raise ConfigError(
+                    key,
+                    "a comma-separated value is a sweep: add -m to sweep it, "
+                    f"or quote a value that contains commas ({key}=\"'a, b'\")",
+                )
             values = list(override.sweep_string_iterator())
         else:
             values = [override.get_value_element_as_str()] if not override.is_delete() else []

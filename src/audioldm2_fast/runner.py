@@ -84,7 +84,8 @@ class Generator:
         for stage in self.stages:
             stage.setup()
         self.load_time_s = time.perf_counter() - t0
-        log.info("loaded %s in %.2f s: %s", self.checkpoint_dir, self.load_time_s, self.stages)
+        placement = ", ".join(f"{s.name}@{s.device}/{str(s.dtype).removeprefix('torch.')}" for s in self.stages)
+        log.info("loaded %s in %.2f s (%s)", self.checkpoint_dir, self.load_time_s, placement)
 
     @classmethod
     def from_config(cls, overrides: Sequence[str] = ()) -> Generator:
