@@ -13,16 +13,13 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from .devices import Probe, probe_device, resolve_device
 from .errors import ConfigError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISIONS = {*DTYPES, "auto"}
 FORMATS = {"wav": "WAV", "flac": "FLAC", "ogg": "OGG"}
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda|cuda:\d+|meta)$")
-_AVAILABLE = {
-    "attention.backend": {"sdpa"},
-    "compile.mode": {"none"},
-    "offload.mode": {"none"},
-}
 
 
 def _is_int(value: Any) -> bool:
@@ -90,45 +87,52 @@ def negative_prompt_list(value: Any, num_prompts: int) -> list[str] | None:
     return items
 
 
-def resolve_device(name: str | None) -> torch.device:
-    """``auto`` picks CUDA, then MPS, then the CPU."""
-    if name in (None, "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
-
-
-def _check_device(key: str, value: Any, allow_none: bool) -> None:
+def _check_device(key: str, value: Any, allow_none: bool, probe: Probe) -> None:
     if value is None and allow_none:
         return
     if not isinstance(value, str) or not _DEVICE_RE.match(value):
         raise ConfigError(key, f"must be auto, cpu, cuda, cuda:N or mps (got {value!r})")
-    if value.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(key, f"{value!r} requested but no CUDA device is available; use device=cpu")
+    kind = value.split(":")[0]
+    if kind in ("cuda", "mps"):
+        info = probe(kind)
+        if info is None:
+            raise ConfigError(key, f"{value!r} requested but no {kind.upper()} device is available; use device=cpu")
         index = int(value.split(":")[1]) if ":" in value else 0
-        if index >= torch.cuda.device_count():
-            raise ConfigError(key, f"{value!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
-    if value == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise ConfigError(key, "'mps' requested but MPS is not available; use device=cpu")
+        if index >= info.count:
+            raise ConfigError(key, f"{value!r} requested but only {info.count} {kind.upper()} device(s) exist")
 
 
-def stage_placement(cfg: DictConfig, stage: str) -> tuple[torch.device, torch.dtype]:
-    """The device and dtype a stage runs in: its own setting, else the top-level device and precision."""
+def precision_dtype(precision: str, device: torch.device, probe: Probe = probe_device) -> torch.dtype:
+    """``auto``: bf16 on a CUDA GPU that has it, fp16 on other CUDA GPUs, fp32 elsewhere."""
+    if precision != "auto":
+        return DTYPES[precision]
+    if device.type == "cuda":
+        info = probe("cuda")
+        return torch.bfloat16 if info is not None and info.bf16 else torch.float16
+    return torch.float32
+
+
+def stage_placement(cfg: DictConfig, stage: str, probe: Probe = probe_device) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype a stage runs in.
+
+    Device: ``stages.<stage>.device``, else the top-level ``device``. Dtype: ``stages.<stage>.dtype``, else fp32 for
+    the stages in ``precision.keep_fp32`` when the precision is half, else the precision group's dtype.
+    """
     scfg = cfg.stages.get(stage) or {}
-    device = resolve_device(scfg.get("device") or cfg.device)
-    dtype = DTYPES[scfg.get("dtype") or cfg.precision.dtype]
+    device = resolve_device(scfg.get("device") or cfg.device, probe)
+    if scfg.get("dtype"):
+        return device, DTYPES[scfg.dtype]
+    dtype = precision_dtype(cfg.precision.dtype, device, probe)
+    if dtype != torch.float32 and stage in (cfg.precision.get("keep_fp32") or []):
+        dtype = torch.float32
     return device, dtype
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Check every user-settable value; raise ConfigError naming the first offending key."""
+def validate_config(cfg: DictConfig, probe: Probe = probe_device) -> None:
+    """Check every user-settable value and their combinations; raise ConfigError naming the first offending key.
+
+    ``probe`` describes the devices; tests pass one that describes hardware this machine does not have.
+    """
     if cfg.get("task") != "generate":
         raise ConfigError("task", f"unknown task {cfg.get('task')!r}; available: generate")
     prompt = cfg.get("prompt")
@@ -146,18 +150,20 @@ def validate_config(cfg: DictConfig) -> None:
     _int(cfg, "steps", 1, allow_none=True)
     _number(cfg, "eta", 0.0)
     _int(cfg, "max_new_tokens", 1, allow_none=True)
-    _check_device("device", cfg.get("device"), allow_none=False)
+    _check_device("device", cfg.get("device"), allow_none=False, probe=probe)
 
     _validate_output(cfg)
     _validate_scheduler(cfg)
-    if cfg.precision.get("dtype") not in DTYPES:
-        raise ConfigError("precision.dtype", f"must be one of {sorted(DTYPES)} (got {cfg.precision.get('dtype')!r})")
-    for key, allowed in _AVAILABLE.items():
-        value = OmegaConf.select(cfg, key)
-        if value not in allowed:
-            raise ConfigError(key, f"{value!r} is not available; choose one of {sorted(allowed)}")
-    _validate_stages(cfg)
+    if cfg.precision.get("dtype") not in PRECISIONS:
+        raise ConfigError(
+            "precision.dtype", f"must be one of {sorted(PRECISIONS)} (got {cfg.precision.get('dtype')!r})"
+        )
+    _validate_stages(cfg, probe)
     _validate_checkpoint(cfg)
+
+    from .compat import check_combinations
+
+    check_combinations(cfg, probe)
 
 
 def _validate_output(cfg: DictConfig) -> None:
@@ -192,7 +198,7 @@ def _validate_scheduler(cfg: DictConfig) -> None:
         raise ConfigError("scheduler.config", "must be a mapping of scheduler config values")
 
 
-def _validate_stages(cfg: DictConfig) -> None:
+def _validate_stages(cfg: DictConfig, probe: Probe) -> None:
     from .stages.registry import resolve_stage_class
 
     chain = cfg.pipeline.get("chain")
@@ -203,15 +209,10 @@ def _validate_stages(cfg: DictConfig) -> None:
             raise ConfigError("pipeline.chain", f"stage {name!r} has no entry under stages")
     for name, scfg in cfg.stages.items():
         resolve_stage_class(scfg.get("impl"), key=f"stages.{name}.impl")
-        _check_device(f"stages.{name}.device", scfg.get("device"), allow_none=True)
+        _check_device(f"stages.{name}.device", scfg.get("device"), allow_none=True, probe=probe)
         dtype = scfg.get("dtype")
         if dtype is not None and dtype not in DTYPES:
             raise ConfigError(f"stages.{name}.dtype", f"must be one of {sorted(DTYPES)} or null (got {dtype!r})")
-        if name in chain:
-            device, resolved = stage_placement(cfg, name)
-            if device.type == "cpu" and resolved == torch.float16:
-                key = f"stages.{name}.dtype" if dtype else "precision"
-                raise ConfigError(key, f"fp16 is not supported on the CPU (stage {name}); use fp32 or bf16")
 
 
 def _validate_checkpoint(cfg: DictConfig) -> None:

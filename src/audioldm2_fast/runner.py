@@ -16,9 +16,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .attention import apply_attention_processors, attention_context
 from .checkpoints.loading import ComponentStore
 from .checkpoints.resolve import resolve_checkpoint
+from .compiling import compile_stage
 from .config import negative_prompt_list, prompt_list, stage_placement, validate_config
+from .offload import make_offload
 from .schedulers import num_steps
 from .stages.base import Stage
 from .stages.registry import resolve_stage_class
@@ -83,6 +86,11 @@ class Generator:
             self.stages.append(cls(name, device, dtype, self.store, cfg))
         for stage in self.stages:
             stage.setup()
+            apply_attention_processors(stage, cfg)
+        self.offload = make_offload(cfg.offload, self.stages)
+        self.offload.setup()
+        for stage in self.stages:
+            compile_stage(stage, cfg.compile)
         self.load_time_s = time.perf_counter() - t0
         placement = ", ".join(f"{s.name}@{s.device}/{str(s.dtype).removeprefix('torch.')}" for s in self.stages)
         log.info("loaded %s in %.2f s (%s)", self.checkpoint_dir, self.load_time_s, placement)
@@ -118,8 +126,11 @@ class Generator:
         state = self.new_state(**request)
         for stage in self.stages:
             t0 = time.perf_counter()
-            state = stage(state)
+            self.offload.before(stage)
+            with attention_context(self.cfg, stage.name):
+                state = stage(state)
             _synchronize(stage.device)
+            self.offload.after(stage)
             state.timings[stage.name] = time.perf_counter() - t0
         return GenerationResult(
             waveforms=state.waveforms.numpy(),

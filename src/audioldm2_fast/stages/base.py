@@ -11,12 +11,15 @@ if TYPE_CHECKING:
     from ..checkpoints.loading import ComponentStore
     from ..state import GenerationState
 
+#: Set on a module whose placement is managed by offload hooks; ``Stage.place`` leaves such modules alone.
+HOOKED = "_audioldm2_fast_offload_hooked"
+
 
 class Stage:
     """A step of the chain, built from config by name.
 
-    Lifecycle (as a LightningModule's hooks): ``setup()`` loads the stage's checkpoint components in its dtype and
-    places them on its device; ``__call__(state)`` moves its inputs to its device and dtype (the only place casts
+    Lifecycle (as a LightningModule's hooks): ``setup()`` loads the stage's checkpoint components in its dtype (the
+    runner's offload policy then places them); ``__call__(state)`` moves its inputs to its device and dtype (the only place casts
     happen), runs, and adds its outputs to the state; ``teardown()`` releases what it holds.
     """
 
@@ -36,15 +39,19 @@ class Stage:
     def setup(self) -> None:
         for component in self.components:
             self.modules[component] = self.store.get(component, self.dtype)
-        self.place()
 
-    def place(self) -> None:
-        """Put this stage's torch modules on its device and dtype (a no-op when they already are)."""
+    def place(self, device: torch.device | None = None) -> None:
+        """Put this stage's torch modules on ``device`` (default: its own) in its dtype; a no-op where they are."""
+        device = device or self.device
         for module in self.modules.values():
-            if isinstance(module, torch.nn.Module):
+            if isinstance(module, torch.nn.Module) and not getattr(module, HOOKED, False):
                 param = next(module.parameters(), None)
-                if param is None or param.device != self.device or param.dtype != self.dtype:
-                    module.to(device=self.device, dtype=self.dtype)
+                if param is None or param.device != device or param.dtype != self.dtype:
+                    module.to(device=device, dtype=self.dtype)
+
+    def compile_targets(self) -> list[tuple[Any, str]]:
+        """(owner, name) pairs whose module ``compile`` may replace by its compiled wrapper; owner is a dict or module."""
+        return []
 
     def to_stage(self, tensor: torch.Tensor | None) -> torch.Tensor | None:
         """Move an input tensor to this stage; floating tensors also take the stage's dtype."""

@@ -18,6 +18,9 @@ from .registry import register_stage
 class Denoiser(Stage):
     components = ("unet",)
 
+    def compile_targets(self):
+        return [(self.modules, "unet")]
+
     def _step_kwargs(self, scheduler, state: GenerationState) -> dict:
         params = set(inspect.signature(scheduler.step).parameters)
         kwargs = {}

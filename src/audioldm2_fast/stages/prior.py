@@ -18,7 +18,7 @@ from .registry import register_stage
 
 
 def _cache_kwarg(model: torch.nn.Module) -> str:
-    params = inspect.signature(model.forward).parameters
+    params = inspect.signature(getattr(model, "_orig_mod", model).forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 
@@ -44,6 +44,10 @@ def generate_hidden_states(
 @register_stage("prior")
 class Prior(Stage):
     components = ("projection_model", "language_model")
+
+    def compile_targets(self):
+        lm = self.modules["language_model"]
+        return [(lm, "transformer")] if hasattr(lm, "transformer") else [(self.modules, "language_model")]
 
     def max_new_tokens(self, state: GenerationState) -> int:
         if state.max_new_tokens is not None:

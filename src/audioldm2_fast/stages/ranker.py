@@ -78,7 +78,7 @@ class Ranker(Stage):
         if n <= 1 or state.waveforms is None:
             return state
         self._ensure_loaded()
-        self.place()
+        self.place()  # CLAP may have been offloaded after text_encoders; a no-op for hook-managed modules
         audio = self.audio_embeddings(state.waveforms, state.sample_rate).view(state.batch_size, n, -1)
         text = self.text_embeddings(state.prompts)
         scores = torch.einsum("bnd,bd->bn", audio, text)  # each prompt against its own candidates only

@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 class TextEncoders(Stage):
     components = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2")
 
+    def compile_targets(self):
+        return [(self.modules["text_encoder"], "text_model"), (self.modules, "text_encoder_2")]
+
     def _tokenize(self, state: GenerationState) -> tuple[dict, dict]:
         clap_tok, t5_tok = self.modules["tokenizer"], self.modules["tokenizer_2"]
         prompts = state.prompts

@@ -13,6 +13,9 @@ from .registry import register_stage
 class VaeDecoder(Stage):
     components = ("vae",)
 
+    def compile_targets(self):
+        return [(self.modules["vae"], "decoder")]
+
     @torch.no_grad()
     def __call__(self, state: GenerationState) -> GenerationState:
         vae = self.modules["vae"]

@@ -13,6 +13,9 @@ from .registry import register_stage
 class Vocoder(Stage):
     components = ("vocoder",)
 
+    def compile_targets(self):
+        return [(self.modules, "vocoder")]
+
     @torch.no_grad()
     def __call__(self, state: GenerationState) -> GenerationState:
         vocoder = self.modules["vocoder"]
