@@ -18,9 +18,9 @@ HOOKED = "_audioldm2_fast_offload_hooked"
 class Stage:
     """A step of the chain, built from config by name.
 
-    Lifecycle (as a LightningModule's hooks): ``setup()`` loads the stage's checkpoint components in its dtype (the
-    runner's offload policy then places them); ``__call__(state)`` moves its inputs to its device and dtype (the only place casts
-    happen), runs, and adds its outputs to the state; ``teardown()`` releases what it holds.
+    Lifecycle (as a LightningModule's hooks): ``setup()`` loads the stage's checkpoint components in its dtype
+    (the runner's offload policy then places them); ``__call__(state)`` moves its inputs to its device and dtype
+    (the only place casts happen), runs, and adds its outputs to the state; ``teardown()`` releases what it holds.
     """
 
     #: Checkpoint components (model_index.json names) this stage uses.
@@ -50,7 +50,10 @@ class Stage:
                     module.to(device=device, dtype=self.dtype)
 
     def compile_targets(self) -> list[tuple[Any, str]]:
-        """(owner, name) pairs whose module ``compile`` may replace by its compiled wrapper; owner is a dict or module."""
+        """(owner, name) pairs whose module ``compile`` may replace by its compiled wrapper.
+
+        The owner is a dict (``self.modules``) or a module whose attribute holds the submodule.
+        """
         return []
 
     def to_stage(self, tensor: torch.Tensor | None) -> torch.Tensor | None:
