@@ -1,0 +1,148 @@
+"""Every combination of config group options is either accepted or refused with a message, before loading.
+
+The walk composes each group option once and swaps the nodes into one config, then validates. It runs on this
+machine's CPU profile and on described GPUs (an H100 and a V100), since validation asks a device probe.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections import Counter
+
+import pytest
+
+from audioldm2_fast.config import validate_config
+from audioldm2_fast.errors import ConfigError
+from audioldm2_fast.paths import config_groups
+from audioldm2_fast.runner import compose_config
+from test_options import H100, V100, probe_with
+
+WALKED = ["checkpoint", "scheduler", "precision", "attention", "compile", "offload"]
+
+
+def _options(groups: list[str]) -> dict[str, list[tuple[str, object]]]:
+    names = config_groups()
+    return {g: [(o, compose_config([f"{g}={o}"])[g]) for o in names[g]] for g in groups}
+
+
+def _walk(groups: list[str], device: str, probe) -> tuple[Counter, int]:
+    options = _options(groups)
+    cfg = copy.deepcopy(compose_config(["checkpoint=tiny", "prompt=x", f"device={device}"]))
+    outcomes: Counter = Counter()
+    accepted = 0
+    for combo in itertools.product(*options.values()):
+        for group, (_, node) in zip(groups, combo):
+            cfg[group] = node
+        try:
+            validate_config(cfg, probe)
+            accepted += 1
+        except ConfigError as exc:
+            message = str(exc)
+            assert message and "\n" not in message, (combo, message)
+            outcomes[message.split(":")[0]] += 1
+        # Any other exception fails the test: it is neither an acceptance nor a reasoned refusal.
+    return outcomes, accepted
+
+
+def test_group_options_cover_the_issue():
+    names = config_groups()
+    assert set(names["precision"]) == {"fp32", "fp16", "bf16", "auto"}
+    assert set(names["attention"]) == {"sdpa", "math", "flash", "efficient", "cudnn", "sliced", "xformers"}
+    assert set(names["compile"]) == {"none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"}
+    assert set(names["offload"]) == {"none", "model", "sequential", "group"}
+
+
+@pytest.mark.slow
+def test_whole_cross_product_on_cpu():
+    outcomes, accepted = _walk(WALKED, "cpu", probe_with(None))
+    total = accepted + sum(outcomes.values())
+    assert total == 5 * 14 * 4 * 7 * 5 * 4
+    assert accepted > 0
+    # fp16 on the CPU, CUDA-only kernels and offload without an accelerator are among the refusals.
+    assert {"precision", "attention", "offload", "checkpoint.path"} <= set(outcomes)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gpu", [H100, V100], ids=["H100", "V100"])
+def test_cross_product_on_described_gpus(gpu):
+    groups = [g for g in WALKED if g != "checkpoint"]  # the checkpoint adds no device rules
+    outcomes, accepted = _walk(groups, "cuda", probe_with(gpu))
+    assert accepted + sum(outcomes.values()) == 14 * 4 * 7 * 5 * 4
+    assert accepted > 0
+    if gpu is V100:
+        assert outcomes["precision"] > 0  # bf16 refused on a GPU without it
+
+
+REFUSED = [
+    # (overrides, device, gpu, text the reason must contain)
+    (["precision=fp16"], "cpu", None, "fp16 is not supported on the CPU"),
+    (["attention=flash", "precision=fp32"], "cuda", H100, "needs fp16 or bf16"),
+    (["attention=flash", "precision=fp16"], "cuda", V100, "sm80"),
+    (["attention=efficient"], "cpu", None, "needs a CUDA GPU"),
+    (["compile=reduce-overhead", "offload=sequential"], "cuda", H100, "CUDA graphs"),
+    (["compile=max-autotune", "offload=group"], "cuda", H100, "CUDA graphs"),
+    (["compile=default", "compile.fullgraph=true", "offload=sequential"], "cuda", H100, "fullgraph"),
+    (["precision=bf16"], "cuda", V100, "no bf16"),
+    (["offload=model"], "cpu", None, "accelerator"),
+    (["offload=group", "offload.use_stream=true", "stages.denoiser.device=cuda"], "cpu", H100, None),
+]
+
+
+@pytest.mark.parametrize("overrides,device,gpu,reason", REFUSED, ids=[" ".join(r[0]) + f" {r[1]}" for r in REFUSED])
+def test_combinations_that_cannot_work_are_refused_with_the_reason(overrides, device, gpu, reason):
+    cfg = compose_config(["checkpoint=tiny", "prompt=x", f"device={device}", *overrides])
+    if reason is None:  # a mixed placement that works: group offload for the stage on the GPU
+        validate_config(cfg, probe_with(gpu))
+        return
+    with pytest.raises(ConfigError, match=reason):
+        validate_config(cfg, probe_with(gpu))
+
+
+def test_the_seed_recipe_is_accepted_on_an_h100():
+    cfg = compose_config(
+        [
+            "checkpoint=tiny",
+            "prompt=x",
+            "device=cuda",
+            "precision=fp16",
+            "attention=sdpa",
+            "compile=reduce-overhead",
+            "scheduler=dpmpp_2m",
+            "steps=20",
+            "offload=model",
+        ]
+    )
+    validate_config(cfg, probe_with(H100))
+
+
+LADDER = {
+    "baseline": dict(precision="fp32", scheduler="ddim", attention="math", compile="none", steps=200),
+    "sdpa": dict(precision="fp32", scheduler="ddim", attention="sdpa", compile="none", steps=200),
+    "fp16": dict(precision="fp16", scheduler="ddim", attention="sdpa", compile="none", steps=200),
+    "compile": dict(precision="fp16", scheduler="ddim", attention="sdpa", compile="reduce-overhead", steps=200),
+    "dpm20": dict(precision="fp16", scheduler="dpmpp_2m", attention="sdpa", compile="reduce-overhead", steps=20),
+    "long_offload": dict(
+        precision="fp16",
+        scheduler="dpmpp_2m",
+        compile="none",
+        offload="model",
+        steps=20,
+        num_waveforms=4,
+        audio_length_s=150.0,
+    ),
+}
+
+
+@pytest.mark.parametrize("rung", list(LADDER))
+def test_seed_ladder_experiments(rung):
+    cfg = compose_config([f"experiment=seed/{rung}", "checkpoint=tiny", "device=cuda"])
+    for key, value in LADDER[rung].items():
+        node = cfg[key]
+        actual = node if not hasattr(node, "keys") else (node.get("name") or node.get("backend") or node.get("mode"))
+        assert actual == value, (rung, key, actual)
+    assert cfg.prompt.startswith("The sound of Brazilian samba drums")
+    assert (cfg.negative_prompt is None) == (rung == "baseline")
+    if rung in ("compile", "dpm20"):
+        assert cfg.compile.fullgraph is True and list(cfg.compile.stages) == ["denoiser"]
+    validate_config(cfg, probe_with(H100))
