@@ -32,7 +32,7 @@ def _walk(groups: list[str], device: str, probe) -> tuple[Counter, int]:
     outcomes: Counter = Counter()
     accepted = 0
     for combo in itertools.product(*options.values()):
-        for group, (_, node) in zip(groups, combo):
+        for group, (_, node) in zip(groups, combo, strict=True):
             cfg[group] = node
         try:
             validate_config(cfg, probe)
