@@ -122,6 +122,28 @@ def test_compile_default_matches_eager_on_cpu(make_generator):
     np.testing.assert_allclose(compiled, eager, rtol=0, atol=1e-4)
 
 
+def test_what_recompiles_and_what_does_not(make_generator):
+    import torch._dynamo
+
+    gen = make_generator("prompt=rain", "compile=default", "compile.backend=eager", "compile.fullgraph=true")
+    counters = torch._dynamo.utils.counters["stats"]
+
+    def graphs_after(**request) -> int:
+        gen.generate(**request)
+        return counters["unique_graphs"]
+
+    first = graphs_after()
+    assert graphs_after(seed=3) == first
+    assert graphs_after(steps=2) == first
+    assert graphs_after(guidance_scale=6.0) == first
+    assert graphs_after(prompt="wind") == first  # same T5 token count as "rain"
+    assert graphs_after(prompt="snow") > first  # spelled out by the tiny T5 vocabulary: more tokens
+    before = counters["unique_graphs"]
+    assert graphs_after(audio_length_s=1.01) > before  # another latent height, not a multiple of the up factor
+    before = counters["unique_graphs"]
+    assert graphs_after(guidance_scale=1.0) > before  # guidance off halves the batch
+
+
 def test_compile_settings_are_checked():
     for override, key in [("compile.stages=[writer]", "compile.stages"), ("compile.fullgraph=maybe", "fullgraph")]:
         cfg = compose_config(["checkpoint=tiny", "prompt=x", "compile=default", override])

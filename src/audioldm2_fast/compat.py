@@ -105,6 +105,8 @@ def rule_compile(plan: Plan) -> None:
             raise ConfigError("compile.stages", f"stage {stage!r} has nothing to compile; choose from {COMPILABLE}")
     if not isinstance(ccfg.get("fullgraph"), bool):
         raise ConfigError("compile.fullgraph", f"must be true or false (got {ccfg.get('fullgraph')!r})")
+    if not isinstance(ccfg.get("backend", "inductor"), str):
+        raise ConfigError("compile.backend", f"must be a torch.compile backend name (got {ccfg.get('backend')!r})")
     if ccfg.get("dynamic") not in (None, True, False):
         raise ConfigError("compile.dynamic", f"must be null, true or false (got {ccfg.get('dynamic')!r})")
     if mode == "none":

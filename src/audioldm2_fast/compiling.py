@@ -14,17 +14,36 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def _ignore_unet_logging() -> None:
+    """The AudioLDM 2 UNet logs (``logger.info``) inside ``forward`` when a latent side is not a multiple of its
+    up-sampling factor; a logging call breaks the graph (so ``fullgraph=True`` fails). Tell dynamo to skip it."""
+    from diffusers.pipelines.audioldm2 import modeling_audioldm2
+
+    config = torch._dynamo.config
+    functions = getattr(config, "ignore_logging_functions", None)
+    if functions is None:
+        functions = getattr(config, "ignore_logger_methods", None)
+    if functions is not None:
+        unet_logger = modeling_audioldm2.logger
+        functions.update({unet_logger.info, unet_logger.warning, unet_logger.debug})
+
+
 def compile_stage(stage: Stage, ccfg: DictConfig) -> int:
     """Replace each of the stage's compile targets by its compiled wrapper; return how many were compiled."""
     if ccfg.mode == "none" or stage.name not in ccfg.stages:
         return 0
     mode = None if ccfg.mode == "default" else str(ccfg.mode)
+    _ignore_unet_logging()
     count = 0
     for owner, attr in stage.compile_targets():
         module = owner[attr] if isinstance(owner, dict) else getattr(owner, attr)
         if isinstance(module, torch._dynamo.eval_frame.OptimizedModule):
             continue  # shared with a stage compiled before
-        compiled = torch.compile(module, mode=mode, fullgraph=bool(ccfg.fullgraph), dynamic=ccfg.get("dynamic"))
+        backend = ccfg.get("backend") or "inductor"
+        options = {"mode": mode} if backend == "inductor" else {}
+        compiled = torch.compile(
+            module, backend=backend, fullgraph=bool(ccfg.fullgraph), dynamic=ccfg.get("dynamic"), **options
+        )
         if isinstance(owner, dict):
             owner[attr] = compiled
         else:
