@@ -82,6 +82,16 @@ def test_attention_backends_that_run_on_cpu_match_sdpa(backend, make_generator):
     np.testing.assert_allclose(gen.generate().waveforms, ref, rtol=0, atol=1e-5)
 
 
+def test_text_side_runs_on_sdpa_where_transformers_has_it(make_generator):
+    gen = make_generator("prompt=x")
+    impl = {
+        name: m.config._attn_implementation
+        for name, m in gen.store.loaded().items()
+        if hasattr(m, "config") and hasattr(m.config, "_attn_implementation")
+    }
+    assert impl["text_encoder_2"] == "sdpa" and impl["language_model"] == "sdpa"
+
+
 def test_attention_kernel_is_restricted_inside_listed_stages():
     from audioldm2_fast.attention import attention_context
 

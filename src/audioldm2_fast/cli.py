@@ -58,8 +58,6 @@ def _split_argv(argv: Sequence[str]) -> tuple[list[str], bool, bool]:
             skip_next = True
         elif arg.split("=")[0] in _INFO_FLAGS:
             info_only = True
-            if arg in ("-c", "--cfg", "-i", "--info", "-sc", "--shell-completion"):
-                skip_next = False  # their value, if any, looks like an override-free word; harmless to parse
         elif not arg.startswith("-"):
             overrides.append(arg)
     return overrides, multirun, info_only
