@@ -43,7 +43,7 @@ def test_cli_generates_into_the_hydra_run_dir(tmp_path):
     rows = [json.loads(line) for line in (run_dir / "manifest.jsonl").read_text().splitlines()]
     assert [r["rank"] for r in rows] == [1, 2]
     assert all((run_dir / r["path"]).is_file() for r in rows)
-    assert "wrote 2 file(s)" in proc.stdout
+    assert "generated 2 waveform(s), wrote 2 file(s)" in proc.stdout
 
 
 @pytest.mark.slow

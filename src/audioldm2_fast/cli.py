@@ -128,14 +128,47 @@ def _fail(exc: Audioldm2FastError) -> None:
     sys.exit(exc.exit_code)
 
 
-def run_task(cfg: DictConfig) -> None:
-    """One Hydra job: generate and report what was written."""
+def run_task(cfg: DictConfig) -> dict:
+    """One Hydra job: run the configured task and report it. Returns a summary for the sweep summary."""
     from hydra.core.hydra_config import HydraConfig
-
-    from .runner import Generator
 
     if cfg.output.get("dir") is None:
         cfg.output.dir = HydraConfig.get().runtime.output_dir
+    if cfg.task == "benchmark":
+        return _benchmark(cfg)
+    return _generate(cfg)
+
+
+def _benchmark(cfg: DictConfig) -> dict:
+    from pathlib import Path
+
+    from .benchmark import format_table, run_benchmark
+
+    report = run_benchmark(cfg, Path(cfg.output.dir))
+    print(format_table(report))
+    if report["path"]:
+        print(f"{PROG}: wrote {report['path']}")
+    summary = {
+        "task": "benchmark",
+        "e2e_s": report["e2e_s"]["median"],
+        "first_call_s": report["first_call_s"],
+        "load_s": report["load_s"],
+        "stages_s": {k: v["median"] for k, v in report["stages_s"].items()},
+        "peak_rss_mb": report["peak_rss_mb"],
+        "peak_allocated_mb": report.get("peak_allocated_mb"),
+        "outputs": [report["path"]] if report["path"] else [],
+    }
+    if "reference" in report:
+        summary["reference_ratio"] = report["reference"]["ratio_median"]
+        summary["reference_max_abs_diff"] = report["reference"]["max_abs_diff"]
+    return summary
+
+
+def _generate(cfg: DictConfig) -> dict:
+    from pathlib import Path
+
+    from .runner import Generator
+
     generator = Generator(cfg)
     result = generator.generate()
     for record in result.records:
@@ -143,14 +176,29 @@ def run_task(cfg: DictConfig) -> None:
         log.info("wrote %s%s", record["path"], rank)
     total = sum(result.timings.values())
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
-    print(f"{PROG}: wrote {len(result.records)} file(s) to {cfg.output.dir} in {total:.2f} s ({stages})")
+    where = f"wrote {len(result.records)} file(s) to {cfg.output.dir}" if result.records else "wrote nothing"
+    print(f"{PROG}: generated {len(result.waveforms)} waveform(s), {where}, in {total:.2f} s ({stages})")
+    return {
+        "task": "generate",
+        "e2e_s": total,
+        "stages_s": dict(result.timings),
+        "load_s": generator.load_time_s,
+        "outputs": [str(Path(cfg.output.dir) / r["path"]) for r in result.records],
+    }
 
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
-def _hydra_entry(cfg: DictConfig) -> None:
+def _hydra_entry(cfg: DictConfig) -> dict | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
     try:
-        run_task(cfg)
+        return run_task(cfg)
     except Audioldm2FastError as exc:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            # Hydra records an Exception as this job's failure and runs the remaining jobs; an exit would end the sweep.
+            print(f"{PROG}: error: job {HydraConfig.get().job.num}: {exc}", file=sys.stderr)
+            raise
         _fail(exc)
 
 
@@ -168,9 +216,12 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _quiet_libraries() -> None:
     """Model-loading progress bars and advisory warnings from diffusers/transformers are noise in a CLI run."""
+    import warnings
+
     import diffusers
     import transformers
 
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     diffusers.utils.logging.disable_progress_bar()

@@ -19,6 +19,7 @@ from .errors import ConfigError
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PRECISIONS = {*DTYPES, "auto"}
 FORMATS = {"wav": "WAV", "flac": "FLAC", "ogg": "OGG"}
+TASKS = ("generate", "benchmark")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda|cuda:\d+|meta)$")
 
 
@@ -133,8 +134,8 @@ def validate_config(cfg: DictConfig, probe: Probe = probe_device) -> None:
 
     ``probe`` describes the devices; tests pass one that describes hardware this machine does not have.
     """
-    if cfg.get("task") != "generate":
-        raise ConfigError("task", f"unknown task {cfg.get('task')!r}; available: generate")
+    if cfg.get("task") not in TASKS:
+        raise ConfigError("task", f"unknown task {cfg.get('task')!r}; choose one of {', '.join(TASKS)}")
     prompt = cfg.get("prompt")
     if prompt is None:
         raise ConfigError("prompt", 'required, e.g. prompt="rain on a tin roof"')
@@ -153,6 +154,8 @@ def validate_config(cfg: DictConfig, probe: Probe = probe_device) -> None:
     _check_device("device", cfg.get("device"), allow_none=False, probe=probe)
 
     _validate_output(cfg)
+    if cfg.task == "benchmark":
+        _validate_benchmark(cfg)
     _validate_scheduler(cfg)
     if cfg.precision.get("dtype") not in PRECISIONS:
         raise ConfigError(
@@ -189,11 +192,25 @@ def _validate_output(cfg: DictConfig) -> None:
             raise ConfigError("output.dir", f"{out_dir!r} exists and is not a directory")
 
 
+def _validate_benchmark(cfg: DictConfig) -> None:
+    _int(cfg, "benchmark.warmup", 0)
+    _int(cfg, "benchmark.runs", 1)
+    if cfg.benchmark.get("reference") not in (None, "diffusers"):
+        raise ConfigError("benchmark.reference", f"must be null or diffusers (got {cfg.benchmark.reference!r})")
+    for key in ("write_audio", "save"):
+        if not isinstance(cfg.benchmark.get(key), bool):
+            raise ConfigError(f"benchmark.{key}", f"must be true or false (got {cfg.benchmark.get(key)!r})")
+
+
 def _validate_scheduler(cfg: DictConfig) -> None:
     from .schedulers import scheduler_class
 
     scheduler_class(cfg.scheduler)  # raises ConfigError for unknown or incompatible classes
     _int(cfg, "scheduler.default_steps", 1)
+    min_steps = cfg.scheduler.get("min_steps", 1)
+    steps = cfg.steps if cfg.get("steps") is not None else cfg.scheduler.default_steps
+    if steps < min_steps:
+        raise ConfigError("steps", f"scheduler={cfg.scheduler.name} needs at least {min_steps} steps (got {steps})")
     if not isinstance(cfg.scheduler.get("config") or {}, (dict, DictConfig)):
         raise ConfigError("scheduler.config", "must be a mapping of scheduler config values")
 

@@ -1,0 +1,229 @@
+"""``task=benchmark``: warm-up, then timed runs of the chain (and optionally the stock pipeline, alternating).
+
+Stages are synchronised at their boundaries, so per-stage times are device times. ``benchmark.json`` holds every run;
+the printed table holds medians.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .runner import GenerationResult, Generator
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux, bytes on macOS.
+    scale = 1 if platform.system() == "Darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"CPU: {line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
+    except OSError:
+        pass
+    return f"CPU: {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def _versions() -> dict[str, str]:
+    import diffusers
+    import transformers
+
+    return {"torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__}
+
+
+class Benchmark:
+    def __init__(self, cfg: DictConfig):
+        bcfg = cfg.benchmark
+        self.cfg = cfg
+        self.warmup, self.runs = int(bcfg.warmup), int(bcfg.runs)
+        if not bcfg.write_audio:
+            cfg.pipeline.chain = [s for s in cfg.pipeline.chain if s != "writer"]
+        t0 = time.perf_counter()
+        self.generator = Generator(cfg)
+        self.load_s = time.perf_counter() - t0
+        self.device = next(s.device for s in self.generator.stages if s.name == "denoiser")
+        self.reference = None
+        if bcfg.reference == "diffusers":
+            from .reference import DiffusersReference
+
+            self.reference = DiffusersReference(self.generator)
+
+    def _request(self) -> dict[str, Any]:
+        state = self.generator.new_state()
+        return {
+            "prompts": state.prompts,
+            "negative_prompts": state.negative_prompts,
+            "steps": state.steps,
+            "guidance_scale": state.guidance_scale,
+            "audio_length_s": state.audio_length_s,
+            "num_waveforms": state.num_waveforms,
+            "eta": state.eta,
+            "max_new_tokens": state.max_new_tokens,
+            "seed": state.seed,
+        }
+
+    def _timed(self, fn) -> tuple[Any, float, dict[str, float]]:
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        _sync(self.device)
+        t0 = time.perf_counter()
+        out = fn()
+        _sync(self.device)
+        elapsed = time.perf_counter() - t0
+        memory = {"peak_rss_mb": _peak_rss_mb()}
+        if cuda:
+            memory["peak_allocated_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+            memory["peak_reserved_mb"] = torch.cuda.max_memory_reserved(self.device) / 2**20
+        return out, elapsed, memory
+
+    def run(self) -> dict[str, Any]:
+        request = self._request()
+        ours: list[dict[str, Any]] = []
+        theirs: list[dict[str, Any]] = []
+        first: dict[str, float] = {}
+        result: GenerationResult | None = None
+        reference_audio = None
+        for i in range(self.warmup + self.runs):
+            result, elapsed, memory = self._timed(self.generator.generate)
+            timed = i >= self.warmup
+            if i == 0:
+                first["ours_s"] = elapsed
+            if timed:
+                ours.append({"e2e_s": elapsed, "stages_s": dict(result.timings), **memory})
+            if self.reference is not None:
+                reference_audio, ref_elapsed, ref_memory = self._timed(lambda: self.reference(request))
+                if i == 0:
+                    first["reference_s"] = ref_elapsed
+                if timed:
+                    theirs.append({"e2e_s": ref_elapsed, **ref_memory})
+        return self._report(request, result, ours, theirs, first, reference_audio)
+
+    def _report(self, request, result, ours, theirs, first, reference_audio) -> dict[str, Any]:
+        cfg = self.cfg
+        e2e = [r["e2e_s"] for r in ours]
+        stage_names = list(ours[0]["stages_s"])
+        stages = {name: _stats([r["stages_s"][name] for r in ours]) for name in stage_names}
+        audio_s = result.waveforms.shape[0] * result.waveforms.shape[1] / result.sample_rate
+        median = statistics.median(e2e)
+        report: dict[str, Any] = {
+            "date": time.strftime("%Y-%m-%d"),
+            "device": _device_name(self.device),
+            "versions": _versions(),
+            "settings": {
+                "checkpoint": cfg.checkpoint.name,
+                "precision": cfg.precision.name,
+                "attention": cfg.attention.backend,
+                "compile": cfg.compile.mode,
+                "offload": cfg.offload.mode,
+                "scheduler": cfg.scheduler.name,
+                "steps": request["steps"],
+                "prompts": len(request["prompts"]),
+                "num_waveforms": request["num_waveforms"],
+                "audio_length_s": result.waveforms.shape[1] / result.sample_rate,
+                "guidance_scale": request["guidance_scale"],
+            },
+            "load_s": self.load_s,
+            "first_call_s": first["ours_s"],
+            "warmup": self.warmup,
+            "runs": ours,
+            "e2e_s": _stats(e2e),
+            "stages_s": stages,
+            "denoiser_steps_per_s": request["steps"] / stages["denoiser"]["median"] if "denoiser" in stages else None,
+            "audio_seconds": audio_s,
+            "real_time_factor": median / audio_s,  # processing time per second of audio (lower is faster)
+            "x_realtime": audio_s / median,
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in ours),
+        }
+        if "peak_allocated_mb" in ours[0]:
+            report["peak_allocated_mb"] = max(r["peak_allocated_mb"] for r in ours)
+            report["peak_reserved_mb"] = max(r["peak_reserved_mb"] for r in ours)
+        if theirs:
+            ratios = [o["e2e_s"] / t["e2e_s"] for o, t in zip(ours, theirs, strict=True)]
+            report["reference"] = {
+                "name": "diffusers.AudioLDM2Pipeline",
+                "notes": self.reference.notes,
+                "first_call_s": first["reference_s"],
+                "runs": theirs,
+                "e2e_s": _stats([t["e2e_s"] for t in theirs]),
+                "ratio_per_run": ratios,  # our time / its time
+                "ratio_median": statistics.median(ratios),
+                "max_abs_diff": float(np.abs(result.waveforms - reference_audio).max()),
+            }
+        return report
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """A plain-text table of the medians, for the terminal and for logs."""
+    s = report["settings"]
+    lines = [
+        f"benchmark: {s['checkpoint']} {s['precision']} attention={s['attention']} compile={s['compile']} "
+        f"offload={s['offload']} {s['scheduler']}x{s['steps']} batch={s['prompts']}x{s['num_waveforms']} "
+        f"{s['audio_length_s']:.2f}s on {report['device']} "
+        f"({len(report['runs'])} runs after {report['warmup']} warm-up)",
+        f"{'stage':<16}{'median ms':>12}{'min ms':>12}{'max ms':>12}",
+    ]
+    for name, st in report["stages_s"].items():
+        lines.append(f"{name:<16}{st['median'] * 1e3:>12.2f}{st['min'] * 1e3:>12.2f}{st['max'] * 1e3:>12.2f}")
+    e = report["e2e_s"]
+    lines.append(f"{'end to end':<16}{e['median'] * 1e3:>12.2f}{e['min'] * 1e3:>12.2f}{e['max'] * 1e3:>12.2f}")
+    extra = [f"load {report['load_s']:.2f} s", f"first call {report['first_call_s']:.2f} s"]
+    if report.get("denoiser_steps_per_s"):
+        extra.append(f"denoiser {report['denoiser_steps_per_s']:.1f} steps/s")
+    extra.append(f"{report['x_realtime']:.1f}x real time")
+    extra.append(f"peak RSS {report['peak_rss_mb']:.0f} MiB")
+    if "peak_allocated_mb" in report:
+        extra.append(
+            f"peak alloc {report['peak_allocated_mb']:.0f} MiB / reserved {report['peak_reserved_mb']:.0f} MiB"
+        )
+    lines.append(", ".join(extra))
+    ref = report.get("reference")
+    if ref:
+        lines.append(
+            f"diffusers reference: median {ref['e2e_s']['median'] * 1e3:.2f} ms; ours/theirs median "
+            f"{ref['ratio_median']:.3f} ({1 / ref['ratio_median']:.2f}x faster); max abs diff {ref['max_abs_diff']:.2e}"
+        )
+        for note in ref["notes"]:
+            lines.append(f"  reference: {note}")
+    return "\n".join(lines)
+
+
+def run_benchmark(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    report = Benchmark(cfg).run()
+    report["config"] = OmegaConf.to_container(cfg, resolve=True)
+    if not cfg.benchmark.get("save", True):
+        report["path"] = None
+        return report
+    from .audio_io import reserve_path
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = reserve_path(output_dir, "benchmark", ".json")  # never replaces an earlier report
+    tmp = path.with_suffix(".json.part")
+    tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    tmp.replace(path)
+    report["path"] = str(path)
+    return report

@@ -1,0 +1,121 @@
+"""The stock diffusers ``AudioLDM2Pipeline``, built from the Generator's own components, as a same-process reference.
+
+It is configured as the founding recipe does it: every component in one dtype on one device, SDPA attention, and,
+when our run compiles its denoiser, ``torch.compile(unet, mode="reduce-overhead", fullgraph=True)``. Modules whose
+dtype or device differs from that (our default keeps the VAE decoder and vocoder in fp32) are copied for the
+reference; all others are shared, so both sides run the very same weights.
+
+The published checkpoints ship ``GPT2Model``, on which the stock pipeline fails under transformers 5 (it calls
+generation helpers that only ``GPT2LMHeadModel`` has). The reference then wraps the same GPT-2 weights in a
+``GPT2LMHeadModel`` whose LM head is tied to the input embeddings; ``note`` says so.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from .runner import Generator
+
+COMPONENTS = (
+    "vae",
+    "text_encoder",
+    "text_encoder_2",
+    "projection_model",
+    "language_model",
+    "tokenizer",
+    "tokenizer_2",
+    "feature_extractor",
+    "unet",
+    "vocoder",
+)
+
+
+def _original(module: Any) -> Any:
+    """The module behind a ``torch.compile`` wrapper (and behind compiled submodules of the VAE/CLAP)."""
+    return getattr(module, "_orig_mod", module)
+
+
+def _wrap_gpt2(model: torch.nn.Module) -> torch.nn.Module:
+    from transformers import GPT2LMHeadModel
+
+    if isinstance(model, GPT2LMHeadModel):
+        return model
+    with torch.device("meta"):
+        wrapped = GPT2LMHeadModel(model.config)
+    wrapped.transformer = model
+    wrapped.lm_head.weight = model.wte.weight
+    return wrapped.eval()
+
+
+class DiffusersReference:
+    def __init__(self, generator: Generator):
+        from diffusers import AudioLDM2Pipeline
+
+        from .schedulers import build_scheduler
+
+        cfg = generator.cfg
+        denoiser = next(s for s in generator.stages if s.name == "denoiser")
+        self.device, self.dtype = denoiser.device, denoiser.dtype
+        store = generator.store
+        self.notes: list[str] = []
+        parts: dict[str, Any] = {}
+        for name in COMPONENTS:
+            part = _original(store.get(name))
+            if isinstance(part, torch.nn.Module):
+                part = self._unwrap_submodules(part)
+                param = next(part.parameters())
+                if param.dtype != self.dtype or param.device != self.device:
+                    part = copy.deepcopy(part).to(device=self.device, dtype=self.dtype)
+                    self.notes.append(f"{name} copied to {str(self.dtype).removeprefix('torch.')}")
+            parts[name] = part
+        if type(parts["language_model"]).__name__ == "GPT2Model":
+            parts["language_model"] = _wrap_gpt2(parts["language_model"])
+            self.notes.append("GPT2Model wrapped in GPT2LMHeadModel (same weights) so the stock pipeline can run")
+        parts["scheduler"] = build_scheduler(cfg.scheduler, store.config("scheduler"))
+        self.pipe = AudioLDM2Pipeline(**parts)
+        self.pipe.set_progress_bar_config(disable=True)
+        # Keep generation order (the stock scorer re-ranks across the batch when librosa is installed), so that
+        # outputs compare one to one; ranking is not part of the reference's time.
+        self.pipe.score_waveforms = lambda text, audio, num_waveforms_per_prompt, device, dtype: audio
+        if cfg.compile.mode != "none" and "denoiser" in cfg.compile.stages:
+            self.pipe.unet = torch.compile(self.pipe.unet, mode="reduce-overhead", fullgraph=True)
+            self.notes.append('unet compiled with torch.compile(mode="reduce-overhead", fullgraph=True)')
+        self.cfg = cfg
+
+    @staticmethod
+    def _unwrap_submodules(module: torch.nn.Module) -> torch.nn.Module:
+        """Our compile replaces some submodules in place (VAE decoder, CLAP text model); the stock side runs eager."""
+        compiled = {
+            name: child
+            for name, child in module.named_children()
+            if isinstance(child, torch._dynamo.eval_frame.OptimizedModule)
+        }
+        if not compiled:
+            return module
+        clone = copy.copy(module)
+        clone._modules = dict(module._modules)
+        for name, child in compiled.items():
+            clone._modules[name] = child._orig_mod
+        return clone
+
+    def __call__(self, request: dict[str, Any]) -> np.ndarray:
+        """Run the stock pipeline for one request; return its audio in generation order, unranked."""
+        prompts = request["prompts"]
+        negatives = request["negative_prompts"]
+        out = self.pipe(
+            prompts if len(prompts) > 1 else prompts[0],
+            negative_prompt=None if negatives is None else (negatives if len(prompts) > 1 else negatives[0]),
+            num_inference_steps=request["steps"],
+            guidance_scale=request["guidance_scale"],
+            audio_length_in_s=request["audio_length_s"],
+            num_waveforms_per_prompt=request["num_waveforms"],
+            eta=request["eta"],
+            max_new_tokens=request["max_new_tokens"],
+            generator=torch.Generator("cpu").manual_seed(request["seed"]),
+        )
+        return np.asarray(out.audios)
