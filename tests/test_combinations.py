@@ -11,6 +11,7 @@ import itertools
 from collections import Counter
 
 import pytest
+import torch
 
 from audioldm2_fast.config import validate_config
 from audioldm2_fast.errors import ConfigError
@@ -49,7 +50,14 @@ def test_group_options_cover_the_issue():
     names = config_groups()
     assert set(names["precision"]) == {"fp32", "fp16", "bf16", "auto"}
     assert set(names["attention"]) == {"sdpa", "math", "flash", "efficient", "cudnn", "sliced", "xformers"}
-    assert set(names["compile"]) == {"none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"}
+    assert set(names["compile"]) == {
+        "none",
+        "auto",
+        "default",
+        "reduce-overhead",
+        "max-autotune",
+        "max-autotune-no-cudagraphs",
+    }
     assert set(names["offload"]) == {"none", "model", "sequential", "group"}
 
 
@@ -57,7 +65,7 @@ def test_group_options_cover_the_issue():
 def test_whole_cross_product_on_cpu():
     outcomes, accepted = _walk(WALKED, "cpu", probe_with(None))
     total = accepted + sum(outcomes.values())
-    assert total == 5 * 14 * 4 * 7 * 5 * 4
+    assert total == 5 * 14 * 4 * 7 * 6 * 4
     assert accepted > 0
     # fp16 on the CPU, CUDA-only kernels and offload without an accelerator are among the refusals.
     assert {"precision", "attention", "offload", "checkpoint.path"} <= set(outcomes)
@@ -68,7 +76,7 @@ def test_whole_cross_product_on_cpu():
 def test_cross_product_on_described_gpus(gpu):
     groups = [g for g in WALKED if g != "checkpoint"]  # the checkpoint adds no device rules
     outcomes, accepted = _walk(groups, "cuda", probe_with(gpu))
-    assert accepted + sum(outcomes.values()) == 14 * 4 * 7 * 5 * 4
+    assert accepted + sum(outcomes.values()) == 14 * 4 * 7 * 6 * 4
     assert accepted > 0
     if gpu is V100:
         assert outcomes["precision"] > 0  # bf16 refused on a GPU without it
@@ -132,6 +140,22 @@ LADDER = {
         audio_length_s=150.0,
     ),
 }
+
+
+def test_fastest_resolves_per_device(make_generator):
+    from audioldm2_fast.compiling import effective_mode
+    from audioldm2_fast.config import stage_placement
+
+    cfg = compose_config(["experiment=fastest", "checkpoint=tiny", "prompt=x", "device=cuda"])
+    validate_config(cfg, probe_with(H100))
+    device, dtype = stage_placement(cfg, "denoiser", probe_with(H100))
+    assert str(dtype) == "torch.bfloat16" and effective_mode(cfg.compile.mode, device) == "reduce-overhead"
+    assert str(stage_placement(cfg, "vocoder", probe_with(H100))[1]) == "torch.float32"
+    assert str(stage_placement(cfg, "denoiser", probe_with(V100))[1]) == "torch.float16"
+    assert cfg.scheduler.name == "dpmpp_2m" and cfg.steps == 20
+    gen = make_generator("experiment=fastest", "prompt=x", "steps=2")  # on this CPU: fp32, eager
+    denoiser = gen.stages[2]
+    assert denoiser.dtype == torch.float32 and type(denoiser.modules["unet"]).__name__ != "OptimizedModule"
 
 
 @pytest.mark.parametrize("rung", list(LADDER))

@@ -17,7 +17,7 @@ from .devices import DeviceInfo, Probe
 from .errors import ConfigError
 
 ATTENTION_BACKENDS = ("sdpa", "math", "flash", "efficient", "cudnn", "sliced", "xformers")
-COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_MODES = ("none", "auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 OFFLOAD_MODES = ("none", "model", "sequential", "group")
 # Stages with something to compile (see each Stage.compile_targets).
@@ -109,6 +109,11 @@ def rule_compile(plan: Plan) -> None:
         raise ConfigError("compile.backend", f"must be a torch.compile backend name (got {ccfg.get('backend')!r})")
     if ccfg.get("dynamic") not in (None, True, False):
         raise ConfigError("compile.dynamic", f"must be null, true or false (got {ccfg.get('dynamic')!r})")
+    if mode == "auto":  # the mode each compiled stage will really get
+        from .compiling import effective_mode
+
+        modes = {effective_mode(mode, plan.placements[s][0]) for s in stages if s in plan.placements}
+        mode = next((m for m in modes if m != "none"), "none")
     if mode == "none":
         return
     offload = plan.cfg.offload.get("mode")

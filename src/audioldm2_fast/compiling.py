@@ -28,11 +28,19 @@ def _ignore_unet_logging() -> None:
         functions.update({unet_logger.info, unet_logger.warning, unet_logger.debug})
 
 
+def effective_mode(mode: str, device: torch.device) -> str:
+    """``auto`` is reduce-overhead on CUDA and none elsewhere; other modes are themselves."""
+    if mode == "auto":
+        return "reduce-overhead" if device.type == "cuda" else "none"
+    return mode
+
+
 def compile_stage(stage: Stage, ccfg: DictConfig) -> int:
     """Replace each of the stage's compile targets by its compiled wrapper; return how many were compiled."""
-    if ccfg.mode == "none" or stage.name not in ccfg.stages:
+    chosen = effective_mode(str(ccfg.mode), stage.device)
+    if chosen == "none" or stage.name not in ccfg.stages:
         return 0
-    mode = None if ccfg.mode == "default" else str(ccfg.mode)
+    mode = None if chosen == "default" else chosen
     _ignore_unet_logging()
     count = 0
     for owner, attr in stage.compile_targets():
@@ -49,5 +57,5 @@ def compile_stage(stage: Stage, ccfg: DictConfig) -> int:
         else:
             setattr(owner, attr, compiled)
         count += 1
-    log.info("compile=%s: %d module(s) of stage %s", ccfg.mode, count, stage.name)
+    log.info("compile=%s: %d module(s) of stage %s", chosen, count, stage.name)
     return count

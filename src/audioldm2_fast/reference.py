@@ -82,7 +82,9 @@ class DiffusersReference:
         # Keep generation order (the stock scorer re-ranks across the batch when librosa is installed), so that
         # outputs compare one to one; ranking is not part of the reference's time.
         self.pipe.score_waveforms = lambda text, audio, num_waveforms_per_prompt, device, dtype: audio
-        if cfg.compile.mode != "none" and "denoiser" in cfg.compile.stages:
+        from .compiling import effective_mode
+
+        if effective_mode(str(cfg.compile.mode), self.device) != "none" and "denoiser" in cfg.compile.stages:
             self.pipe.unet = torch.compile(self.pipe.unet, mode="reduce-overhead", fullgraph=True)
             self.notes.append('unet compiled with torch.compile(mode="reduce-overhead", fullgraph=True)')
         self.cfg = cfg
