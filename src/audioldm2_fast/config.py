@@ -238,6 +238,13 @@ def _validate_checkpoint(cfg: DictConfig) -> None:
     from .checkpoints.resolve import read_model_index
 
     ckpt = cfg.checkpoint
+    if str(ckpt.get("name") or "").startswith("synthetic-"):
+        from .checkpoints.synthetic import SYNTHETIC_CONFIGS
+
+        config = (ckpt.get("synthetic") or {}).get("config")
+        if config not in SYNTHETIC_CONFIGS:
+            raise ConfigError("checkpoint.synthetic.config", f"must be one of {SYNTHETIC_CONFIGS} (got {config!r})")
+        return
     if ckpt.get("name") == "tiny":
         tiny = ckpt.get("tiny") or {}
         if tiny.get("language_model_class", "GPT2Model") not in ("GPT2Model", "GPT2LMHeadModel"):

@@ -17,8 +17,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .attention import apply_attention_processors, attention_context
-from .checkpoints.loading import ComponentStore
 from .checkpoints.resolve import resolve_checkpoint
+from .checkpoints.synthetic import make_store
 from .compiling import compile_stage
 from .config import negative_prompt_list, prompt_list, stage_placement, validate_config
 from .offload import make_offload
@@ -78,7 +78,7 @@ class Generator:
         self.cfg = cfg
         t0 = time.perf_counter()
         self.checkpoint_dir: Path = resolve_checkpoint(cfg.checkpoint)
-        self.store = ComponentStore(self.checkpoint_dir)
+        self.store = make_store(cfg.checkpoint, self.checkpoint_dir)
         self.stages: list[Stage] = []
         for name in cfg.pipeline.chain:
             cls = resolve_stage_class(cfg.stages[name].impl, key=f"stages.{name}.impl")

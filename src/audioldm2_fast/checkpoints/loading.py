@@ -70,8 +70,12 @@ class ComponentStore:
                 return json.loads((sub / fname).read_text())
         raise CheckpointError(f"checkpoint {self.path}: component {name!r} has no config file")
 
-    def get(self, name: str, dtype: torch.dtype | None = None) -> Any:
-        """Return component ``name``, loading it in ``dtype`` on first use (on the CPU)."""
+    def get(self, name: str, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> Any:
+        """Return component ``name``, loading it in ``dtype`` on first use.
+
+        ``device`` is where the caller will run it; checkpoints on disk ignore it and always load on the CPU (the
+        stage or its offload policy places the module). Stores that build components may build them there.
+        """
         if name not in self._loaded:
             self._loaded[name] = self._load(name, dtype)
         return self._loaded[name]

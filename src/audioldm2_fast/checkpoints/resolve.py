@@ -35,6 +35,14 @@ def read_model_index(path: Path, key: str = "checkpoint.path") -> dict[str, Any]
 def resolve_checkpoint(ckpt: Any) -> Path:
     """Return the local directory of the configured checkpoint, building or locating it as needed."""
     name = ckpt.get("name")
+    if str(name or "").startswith("synthetic-"):
+        # Only the packaged config directory: the store builds the random-weight components in memory.
+        from .synthetic import synthetic_config_dir
+
+        synthetic = ckpt.get("synthetic") or {}
+        path = synthetic_config_dir(str(synthetic.get("config") or str(name).removeprefix("synthetic-")))
+        read_model_index(path, key=f"checkpoint={name}")
+        return path
     if name == "tiny":
         from .tiny import tiny_checkpoint_dir
 

@@ -38,7 +38,7 @@ class Stage:
 
     def setup(self) -> None:
         for component in self.components:
-            self.modules[component] = self.store.get(component, self.dtype)
+            self.modules[component] = self.store.get(component, self.dtype, self.device)
 
     def place(self, device: torch.device | None = None) -> None:
         """Put this stage's torch modules on ``device`` (default: its own) in its dtype; a no-op where they are."""
