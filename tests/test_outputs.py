@@ -40,6 +40,13 @@ def test_float_wav_equals_the_generated_waveform(make_generator, tmp_path):
     np.testing.assert_array_equal(audio, result.waveforms[0])
 
 
+def test_manifest_records_per_call_request_values(make_generator, tmp_path):
+    out = tmp_path / "req"
+    make_generator("prompt=x", out=out).generate(steps=2, seed=9, guidance_scale=2.0)
+    row = json.loads((out / "manifest.jsonl").read_text())
+    assert (row["steps"], row["seed"], row["guidance_scale"]) == (2, 9, 2.0)
+
+
 def test_formats(make_generator, tmp_path):
     for fmt, subtype in [("flac", "PCM_24"), ("ogg", None)]:
         out = tmp_path / fmt

@@ -9,7 +9,6 @@ import numpy as np
 
 from ..audio_io import EXTENSIONS, append_jsonl, prompt_slug, reserve_path, write_audio
 from ..errors import OutputError, StageError
-from ..schedulers import num_steps
 from ..state import GenerationState
 from .base import Stage
 from .registry import register_stage
@@ -70,7 +69,7 @@ class Writer(Stage):
             "candidate": state.candidate_index(i),
             "rank": int(state.ranks[i]) if state.ranks is not None else 1,
             "score": float(state.scores[i]) if state.scores is not None else None,
-            "steps": num_steps(cfg),
+            "steps": state.steps,
             "scheduler": cfg.scheduler.name,
             "guidance_scale": float(state.guidance_scale),
             "audio_length_s": state.waveform_length / state.sample_rate,
