@@ -84,7 +84,10 @@ class Generator:
             cls = resolve_stage_class(cfg.stages[name].impl, key=f"stages.{name}.impl")
             device, dtype = stage_placement(cfg, name)
             self.stages.append(cls(name, device, dtype, self.store, cfg))
+        offloading = cfg.offload.mode != "none"
         for stage in self.stages:
+            if offloading:  # never hold a whole model on the accelerator before the offload policy places it
+                stage.load_device = torch.device(cfg.offload.get("offload_device", "cpu"))
             stage.setup()
             apply_attention_processors(stage, cfg)
         self.offload = make_offload(cfg.offload, self.stages)

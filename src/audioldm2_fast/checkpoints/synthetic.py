@@ -24,12 +24,12 @@ Tokenizers
 
 fp16 and init scaling (``init_scale``)
     The stock initialisers of diffusers / transformers are kept for every component but the vocoder, and the chain
-    stays finite in fp16 with a wide margin. Measured in real fp16 on a CPU (CLAP text 2 x 512 tokens, T5 2 x 70,
+    stays finite in fp16 with a wide margin. Measured in real fp16 on a CPU (CLAP text 2 x 512 tokens, T5 2 x 16,
     GPT-2 8 new tokens, UNet step on (2, 8, 32, 16), VAE decode, vocoder on 128 frames), largest |output| of the
-    stage / of any submodule: CLAP text 0.14 / 4.8, T5 4.2 / 20, projection + GPT-2 3.5 / 4.7, UNet 1.3 / 5.8,
-    VAE 1.6 / 7.8, vocoder 0.86 / 2.5. A whole fp16 run (25 DDIM or 20 DPM++ steps, guidance 3.5) drives the
+    stage / of any submodule: CLAP text 0.14 / 4.8, T5 4.0 / 20, projection + GPT-2 3.3 / 4.3, UNet 1.4 / 5.5,
+    VAE 1.6 / 7.8, vocoder 0.86 / 2.1. A whole fp16 run (25 DDIM or 20 DPM++ steps, guidance 3.5) drives the
     latents to |x| ~ 250 (random weights do not predict the noise), so the largest submodule outputs become
-    UNet ~150 (large ~130) and VAE ~310, still 200x under the fp16 limit of 65504. The full 10.24 s shapes
+    UNet ~150 (large ~130) and VAE ~315, still 200x under the fp16 limit of 65504. The full 10.24 s shapes
     (fp32 compute with every op output rounded to fp16) give the same picture: VAE peak ~680, no overflow.
 
     The vocoder is the exception: with its stock init (N(0, initializer_range 0.01) for every conv) conv_pre, the

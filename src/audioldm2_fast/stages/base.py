@@ -35,10 +35,12 @@ class Stage:
         self.store = store
         self.cfg = cfg
         self.modules: dict[str, Any] = {}
+        #: Where components are built or loaded; the runner sets the CPU when an offload mode places them later.
+        self.load_device: torch.device | None = None
 
     def setup(self) -> None:
         for component in self.components:
-            self.modules[component] = self.store.get(component, self.dtype, self.device)
+            self.modules[component] = self.store.get(component, self.dtype, self.load_device or self.device)
 
     def place(self, device: torch.device | None = None) -> None:
         """Put this stage's torch modules on ``device`` (default: its own) in its dtype; a no-op where they are."""
