@@ -152,6 +152,8 @@ def validate_config(cfg: DictConfig, probe: Probe = probe_device) -> None:
     _number(cfg, "eta", 0.0)
     _int(cfg, "max_new_tokens", 1, allow_none=True)
     _check_device("device", cfg.get("device"), allow_none=False, probe=probe)
+    if not isinstance(cfg.get("progress", True), bool):
+        raise ConfigError("progress", f"must be true or false (got {cfg.get('progress')!r})")
 
     _validate_output(cfg)
     if cfg.task == "benchmark":
