@@ -9,6 +9,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("AUDIOLDM2_FAST_CACHE", str(Path(__file__).resolve().parents[1] / ".cache" / "test-checkpoints"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "inductor"))
 
 # Short audio and few steps keep the CPU suite fast; parity does not depend on either.
 FAST = ["checkpoint=tiny", "audio_length_s=1.0", "steps=4"]

@@ -43,6 +43,30 @@ def test_benchmark_report_with_diffusers_reference(tmp_path):
     assert "end to end" in table and "diffusers reference" in table
 
 
+def test_half_precision_equivalence_is_measured_against_stock_fp32(tmp_path):
+    """At bf16 the benchmark also runs the stock pipeline in fp32 and reports whether ours stays within its error."""
+    cfg = compose_config(
+        [
+            *FAST,
+            "task=benchmark",
+            "precision=bf16",
+            "benchmark.warmup=0",
+            "benchmark.runs=1",
+            "benchmark.reference=diffusers",
+            "benchmark.save=false",
+            f"output.dir={tmp_path}",
+        ]
+    )
+    report = run_benchmark(cfg, tmp_path)
+    ref = report["reference"]
+    tolerance = ref["stock_vs_stock_fp32_max_abs_diff"]
+    assert tolerance > 1e-4  # bf16 really differs from fp32: the yardstick is not trivially zero
+    assert ref["equivalent"] == (ref["max_abs_diff"] <= tolerance)
+    assert ref["equivalent"]  # same bf16 weights and seed as stock: far inside stock's own bf16 error
+    assert ref["ours_vs_stock_fp32_max_abs_diff"] > 0
+    assert "equivalence: ours vs stock" in format_table(report)
+
+
 def test_benchmark_never_replaces_an_earlier_report(tmp_path):
     cfg = compose_config([*FAST, "task=benchmark", "benchmark.warmup=0", "benchmark.runs=1", f"output.dir={tmp_path}"])
     run_benchmark(cfg, tmp_path)

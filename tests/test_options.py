@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -154,8 +156,55 @@ def test_what_recompiles_and_what_does_not(make_generator):
     assert graphs_after(guidance_scale=1.0) > before  # guidance off halves the batch
 
 
+def test_length_buckets_reuse_the_compiled_graphs(make_generator):
+    """Lengths inside one bucket share a latent shape (no new graph); each waveform is trimmed to its request."""
+    import torch._dynamo
+
+    torch._dynamo.reset()  # earlier tests compile the same UNet code; start below dynamo's recompile limit
+    gen = make_generator(
+        "prompt=rain", "steps=2", "compile=default", "compile.backend=eager", "compile.length_bucket_s=0.64"
+    )
+    counters = torch._dynamo.utils.counters["stats"]
+
+    def run(length: float) -> tuple[int, int]:
+        result = gen.generate(audio_length_s=length)
+        return counters["unique_graphs"], result.waveforms.shape[1]
+
+    first, samples = run(0.5)
+    assert samples == 8000
+    assert run(0.6) == (first, 9600)  # same bucket (64 mel frames): the graph is reused, the audio trimmed
+    assert run(0.64) == (first, 10240)
+    grown, samples = run(0.7)  # the next bucket: a new latent shape
+    assert grown > first and samples == 11200
+
+
+def test_a_length_on_a_bucket_edge_is_unchanged(make_generator):
+    plain = make_generator("prompt=rain", "steps=2", "audio_length_s=1.28").generate()
+    bucketed = make_generator("prompt=rain", "steps=2", "audio_length_s=1.28", "compile.length_bucket_s=0.64")
+    assert np.array_equal(bucketed.generate().waveforms, plain.waveforms)
+
+
+def test_compile_cache_dir_is_set_for_inductor(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from audioldm2_fast.compiling import configure_compile_cache
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    explicit = configure_compile_cache(OmegaConf.create({"cache_dir": str(tmp_path / "c")}))
+    assert explicit == tmp_path / "c" and explicit.is_dir()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(explicit)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "user"))
+    assert configure_compile_cache(OmegaConf.create({"cache_dir": None})) == tmp_path / "user"
+
+
 def test_compile_settings_are_checked():
-    for override, key in [("compile.stages=[writer]", "compile.stages"), ("compile.fullgraph=maybe", "fullgraph")]:
+    for override, key in [
+        ("compile.stages=[writer]", "compile.stages"),
+        ("compile.fullgraph=maybe", "fullgraph"),
+        ("compile.length_bucket_s=0", "compile.length_bucket_s"),
+        ("compile.length_bucket_s=wide", "compile.length_bucket_s"),
+        ("compile.cache_dir=[a]", "compile.cache_dir"),
+    ]:
         cfg = compose_config(["checkpoint=tiny", "prompt=x", "compile=default", override])
         with pytest.raises(ConfigError, match=key):
             validate_config(cfg)

@@ -121,9 +121,12 @@ class Benchmark:
                     first["reference_s"] = ref_elapsed
                 if timed:
                     theirs.append({"e2e_s": ref_elapsed, **ref_memory})
-        return self._report(request, result, ours, theirs, first, reference_audio)
+        fp32_audio = None
+        if self.reference is not None and self.reference.is_half and self.cfg.benchmark.get("fp32_check", True):
+            fp32_audio = self.reference.fp32_audio(request)  # once, untimed
+        return self._report(request, result, ours, theirs, first, reference_audio, fp32_audio)
 
-    def _report(self, request, result, ours, theirs, first, reference_audio) -> dict[str, Any]:
+    def _report(self, request, result, ours, theirs, first, reference_audio, fp32_audio=None) -> dict[str, Any]:
         cfg = self.cfg
         e2e = [r["e2e_s"] for r in ours]
         stage_names = list(ours[0]["stages_s"])
@@ -174,6 +177,14 @@ class Benchmark:
                 "ratio_median": statistics.median(ratios),
                 "max_abs_diff": float(np.abs(result.waveforms - reference_audio).max()),
             }
+            if fp32_audio is not None:
+                # Equivalence at half precision: ours vs stock no further apart than stock half vs stock fp32.
+                tolerance = float(np.abs(reference_audio - fp32_audio).max())
+                report["reference"]["stock_vs_stock_fp32_max_abs_diff"] = tolerance
+                report["reference"]["ours_vs_stock_fp32_max_abs_diff"] = float(
+                    np.abs(result.waveforms - fp32_audio).max()
+                )
+                report["reference"]["equivalent"] = report["reference"]["max_abs_diff"] <= tolerance
         return report
 
 
@@ -207,6 +218,13 @@ def format_table(report: dict[str, Any]) -> str:
             f"diffusers reference: median {ref['e2e_s']['median'] * 1e3:.2f} ms; ours/theirs median "
             f"{ref['ratio_median']:.3f} ({1 / ref['ratio_median']:.2f}x faster); max abs diff {ref['max_abs_diff']:.2e}"
         )
+        if "equivalent" in ref:
+            verdict = "within" if ref["equivalent"] else "NOT within"
+            lines.append(
+                f"  equivalence: ours vs stock {ref['max_abs_diff']:.2e} is {verdict} stock vs its own fp32 "
+                f"{ref['stock_vs_stock_fp32_max_abs_diff']:.2e} (ours vs stock fp32 "
+                f"{ref['ours_vs_stock_fp32_max_abs_diff']:.2e})"
+            )
         for note in ref["notes"]:
             lines.append(f"  reference: {note}")
     return "\n".join(lines)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, ListConfig
@@ -109,6 +110,12 @@ def rule_compile(plan: Plan) -> None:
         raise ConfigError("compile.backend", f"must be a torch.compile backend name (got {ccfg.get('backend')!r})")
     if ccfg.get("dynamic") not in (None, True, False):
         raise ConfigError("compile.dynamic", f"must be null, true or false (got {ccfg.get('dynamic')!r})")
+    bucket = ccfg.get("length_bucket_s")
+    if bucket is not None and (isinstance(bucket, bool) or not isinstance(bucket, int | float) or bucket <= 0):
+        raise ConfigError("compile.length_bucket_s", f"must be null or a positive number of seconds (got {bucket!r})")
+    cache_dir = ccfg.get("cache_dir")
+    if cache_dir is not None and (not isinstance(cache_dir, str) or Path(cache_dir).expanduser().is_file()):
+        raise ConfigError("compile.cache_dir", f"must be null or a directory path (got {cache_dir!r})")
     if mode == "auto":  # the mode each compiled stage will really get
         from .compiling import effective_mode
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -35,6 +37,34 @@ def effective_mode(mode: str, device: torch.device) -> str:
     return mode
 
 
+DEFAULT_CACHE_DIR = Path("~/.cache/audioldm2-fast/compile")
+
+
+def configure_compile_cache(ccfg: DictConfig) -> Path | None:
+    """Point Inductor's on-disk caches (FX graphs, AOTAutograd, Triton kernels) at a persistent directory.
+
+    Inductor reads ``TORCHINDUCTOR_CACHE_DIR`` on every cache lookup, and its own default lives under ``/tmp``, which
+    many clusters wipe between jobs. With a persistent directory, a fresh process that compiles settings an earlier
+    process already compiled only re-traces with dynamo and loads the kernels. An environment variable set by the
+    user wins over the default (not over an explicit ``compile.cache_dir``).
+    """
+    explicit = ccfg.get("cache_dir")
+    if explicit is None and os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+    import torch._inductor.config
+
+    path = Path(str(explicit) if explicit is not None else DEFAULT_CACHE_DIR).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from .errors import ConfigError
+
+        raise ConfigError("compile.cache_dir", f"cannot create {str(path)!r}: {exc.strerror or exc}") from None
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
+    torch._inductor.config.fx_graph_cache = True
+    return path
+
+
 def compile_stage(stage: Stage, ccfg: DictConfig) -> int:
     """Replace each of the stage's compile targets by its compiled wrapper; return how many were compiled."""
     chosen = effective_mode(str(ccfg.mode), stage.device)
@@ -42,6 +72,8 @@ def compile_stage(stage: Stage, ccfg: DictConfig) -> int:
         return 0
     mode = None if chosen == "default" else chosen
     _ignore_unet_logging()
+    if (ccfg.get("backend") or "inductor") == "inductor":
+        configure_compile_cache(ccfg)
     count = 0
     for owner, attr in stage.compile_targets():
         module = owner[attr] if isinstance(owner, dict) else getattr(owner, attr)

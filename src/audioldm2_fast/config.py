@@ -199,7 +199,7 @@ def _validate_benchmark(cfg: DictConfig) -> None:
     _int(cfg, "benchmark.runs", 1)
     if cfg.benchmark.get("reference") not in (None, "diffusers"):
         raise ConfigError("benchmark.reference", f"must be null or diffusers (got {cfg.benchmark.reference!r})")
-    for key in ("write_audio", "save"):
+    for key in ("write_audio", "save", "fp32_check"):
         if not isinstance(cfg.benchmark.get(key), bool):
             raise ConfigError(f"benchmark.{key}", f"must be true or false (got {cfg.benchmark.get(key)!r})")
 

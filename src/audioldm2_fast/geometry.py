@@ -11,7 +11,7 @@ import numpy as np
 @dataclass(frozen=True)
 class AudioGeometry:
     audio_length_s: float  # requested length
-    mel_frames: int  # rounded up to a multiple of the VAE scale factor
+    mel_frames: int  # rounded up to a multiple of the VAE scale factor (and to the length bucket, if any)
     mel_bins: int
     waveform_length: int  # samples kept after the vocoder
     sample_rate: int
@@ -27,8 +27,14 @@ def audio_geometry(
     vocoder_config: dict[str, Any],
     vae_config: dict[str, Any],
     unet_config: dict[str, Any],
+    length_bucket_s: float | None = None,
 ) -> AudioGeometry:
-    """Mirror ``AudioLDM2Pipeline.__call__``: same float expressions, so the same frame and sample counts."""
+    """Mirror ``AudioLDM2Pipeline.__call__``: same float expressions, so the same frame and sample counts.
+
+    With ``length_bucket_s``, the mel frame count is further rounded up to a whole number of buckets (each a
+    multiple of the VAE scale factor), so every length inside one bucket has the same latent shape and a compiled
+    UNet sees no new shape; the vocoder output is then trimmed to the requested ``waveform_length``.
+    """
     vae_scale_factor = 2 ** (len(vae_config["block_out_channels"]) - 1)
     sample_rate = int(vocoder_config["sampling_rate"])
     hop_s = np.prod(vocoder_config["upsample_rates"]) / vocoder_config["sampling_rate"]
@@ -38,6 +44,8 @@ def audio_geometry(
     waveform_length = int(audio_length_s * sample_rate)
     if height % vae_scale_factor != 0:
         height = int(np.ceil(height / vae_scale_factor)) * vae_scale_factor
+    if length_bucket_s is not None:
+        height = bucket_frames(height, length_bucket_s, hop_s, vae_scale_factor)
     minimum = hop_s * vae_scale_factor
     if audio_length_s < minimum:
         from .errors import ConfigError
@@ -51,3 +59,10 @@ def audio_geometry(
         sample_rate=sample_rate,
         vae_scale_factor=vae_scale_factor,
     )
+
+
+def bucket_frames(frames: int, length_bucket_s: float, hop_s: float, vae_scale_factor: int) -> int:
+    """``frames`` rounded up to a whole number of buckets; a bucket is ``length_bucket_s`` in mel frames, rounded to
+    the nearest positive multiple of the VAE scale factor. Integer arithmetic, so 10.24 s in 2.56 s buckets is exact."""
+    bucket = max(1, round(length_bucket_s / hop_s / vae_scale_factor)) * vae_scale_factor
+    return -(-frames // bucket) * bucket

@@ -105,11 +105,43 @@ class DiffusersReference:
             clone._modules[name] = child._orig_mod
         return clone
 
+    @property
+    def is_half(self) -> bool:
+        return self.dtype in (torch.float16, torch.bfloat16)
+
+    def fp32_audio(self, request: dict[str, Any]) -> np.ndarray:
+        """The stock pipeline's output for the same request with every component copied to float32 (eager).
+
+        The yardstick for half-precision equivalence: our half-precision output may differ from the stock
+        half-precision output by no more than the stock output itself differs from its own fp32 run.
+        """
+        from diffusers import AudioLDM2Pipeline
+
+        parts = {}
+        for name, part in self.pipe.components.items():
+            part = _original(part)
+            if isinstance(part, torch.nn.Module):
+                part = copy.deepcopy(part).to(dtype=torch.float32)
+            parts[name] = part
+        pipe = AudioLDM2Pipeline(**parts)
+        pipe.set_progress_bar_config(disable=True)
+        pipe.score_waveforms = self.pipe.score_waveforms
+        try:
+            return self._run(pipe, request)
+        finally:
+            del pipe, parts
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
     def __call__(self, request: dict[str, Any]) -> np.ndarray:
         """Run the stock pipeline for one request; return its audio in generation order, unranked."""
+        return self._run(self.pipe, request)
+
+    @staticmethod
+    def _run(pipe: Any, request: dict[str, Any]) -> np.ndarray:
         prompts = request["prompts"]
         negatives = request["negative_prompts"]
-        out = self.pipe(
+        out = pipe(
             prompts if len(prompts) > 1 else prompts[0],
             negative_prompt=None if negatives is None else (negatives if len(prompts) > 1 else negatives[0]),
             num_inference_steps=request["steps"],

@@ -34,7 +34,11 @@ class Denoiser(Stage):
     def __call__(self, state: GenerationState) -> GenerationState:
         unet = self.modules["unet"]
         geometry = audio_geometry(
-            state.audio_length_s, self.store.config("vocoder"), self.store.config("vae"), unet.config
+            state.audio_length_s,
+            self.store.config("vocoder"),
+            self.store.config("vae"),
+            unet.config,
+            length_bucket_s=self.cfg.compile.get("length_bucket_s"),
         )
         state.waveform_length = geometry.waveform_length
 
