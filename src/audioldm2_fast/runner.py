@@ -21,6 +21,7 @@ from .checkpoints.resolve import resolve_checkpoint
 from .checkpoints.synthetic import make_store
 from .compiling import compile_stage
 from .config import negative_prompt_list, prompt_list, stage_placement, validate_config
+from .finite import check_stage_output, describe, tensor_fields
 from .offload import make_offload
 from .schedulers import num_steps
 from .stages.base import Stage
@@ -41,6 +42,7 @@ class GenerationResult:
     scores: np.ndarray | None
     ranks: np.ndarray | None
     records: list[dict[str, Any]] = field(default_factory=list)  # one per written file, best first per prompt
+    failed: list[str] = field(default_factory=list)  # one line per item dropped for non-finite values
     timings: dict[str, float] = field(default_factory=dict)
 
     def candidates(self, prompt_index: int) -> np.ndarray:
@@ -130,8 +132,11 @@ class Generator:
         for stage in self.stages:
             t0 = time.perf_counter()
             self.offload.before(stage)
+            before = tensor_fields(state)
             with attention_context(self.cfg, stage.name):
                 state = stage(state)
+            for item in check_stage_output(state, stage.name, before):
+                log.error("%s", describe(state, item))
             _synchronize(stage.device)
             self.offload.after(stage)
             state.timings[stage.name] = time.perf_counter() - t0
@@ -143,6 +148,7 @@ class Generator:
             scores=None if state.scores is None else state.scores.numpy(),
             ranks=None if state.ranks is None else state.ranks.numpy(),
             records=state.records,
+            failed=[describe(state, i) for i in sorted(state.failed)],
             timings=dict(state.timings),
         )
 
