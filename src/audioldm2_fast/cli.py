@@ -74,10 +74,14 @@ def check_overrides(argv: Sequence[str]) -> DictConfig | None:
 
     Returns the composed config of a single run (the first job's, in a sweep); None for info-only flags.
     """
+    import yaml
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from .argv_checks import check_added_key, check_flags
+
+    location = check_flags(argv)
     overrides, multirun, info_only = _split_argv(argv)
     if info_only:
         return None
@@ -86,7 +90,7 @@ def check_overrides(argv: Sequence[str]) -> DictConfig | None:
     except HydraException as exc:
         raise ConfigError("", f"cannot parse the overrides: {_one_line(exc)}") from None
 
-    groups = config_groups()
+    groups = config_groups(location.config_dir)
     first_values: list[str] = []
     for override in parsed:
         key = override.key_or_group
@@ -110,8 +114,18 @@ def check_overrides(argv: Sequence[str]) -> DictConfig | None:
 
     from .runner import compose_config
 
+    def compose(values: list[str]) -> DictConfig:
+        return compose_config(values, location.config_name, location.config_dir)
+
     try:
-        cfg = compose_config(first_values)
+        added = [o for o in parsed if (o.is_add() or o.is_force_add()) and o.key_or_group not in groups]
+        if added:
+            known = compose([v for v, o in zip(first_values, parsed, strict=True) if o not in added])
+            for override in added:
+                check_added_key(override.key_or_group, known)
+        cfg = compose(first_values)
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"cannot read a config file: {_one_line(exc)}") from None
     except (HydraException, OmegaConfBaseException) as exc:
         message = _one_line(exc)
         match = re.search(r"Could not override '([^']+)'", message)

@@ -58,14 +58,20 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose the app's config with Hydra, as the command line would (without starting a Hydra run)."""
+def compose_config(
+    overrides: Sequence[str] = (), config_name: str = "config", config_dir: Path | None = None
+) -> DictConfig:
+    """Compose the app's config with Hydra, as the command line would (without starting a Hydra run).
+
+    ``config_dir`` is searched as ``--config-dir`` is: for the primary config and for group options.
+    """
     from hydra import compose, initialize_config_dir
 
     from .paths import conf_dir
 
+    extra = [f"hydra.searchpath=[file://{config_dir}]"] if config_dir is not None else []
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+        return compose(config_name=config_name, overrides=[*extra, *overrides])
 
 
 class Generator:
