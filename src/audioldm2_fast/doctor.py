@@ -197,9 +197,10 @@ def collect_checks() -> list[Check]:
     return checks
 
 
-def run_doctor(out: TextIO | None = None) -> int:
+def run_doctor(out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Print every check; return 0, or ``EnvironmentProblem.exit_code`` when the default settings cannot run."""
     out = out or sys.stdout
+    err = err or (out if out is not sys.stdout else sys.stderr)
     checks = collect_checks()
     width = max(len(c.name) for c in checks)
     print("audioldm2-fast doctor", file=out)
@@ -207,7 +208,7 @@ def run_doctor(out: TextIO | None = None) -> int:
         print(f"  {c.status:<4}  {c.name:<{width}}  {c.detail}", file=out)
     failed = [c for c in checks if c.status == "FAIL"]
     if failed:
-        print(f"audioldm2-fast: error: {len(failed)} check(s) failed: the default settings cannot run here", file=out)
+        print(f"audioldm2-fast: error: {len(failed)} check(s) failed: the default settings cannot run here", file=err)
         return EnvironmentProblem.exit_code
     print("the default settings can run here", file=out)
     return 0
