@@ -96,6 +96,10 @@ CASES = [
     ("ckpt-bin-only", local("{bin_only}"), 3, "checkpoint.allow_pickle=true"),
     ("ckpt-corrupt-config", local("{bad_config}"), 3, "cannot parse"),
     ("ckpt-component-missing", local("{no_unet}"), 3, "'unet' has no folder"),
+    ("ckpt-config-is-a-directory", local("{config_dir}"), 3, "cannot parse"),
+    ("ckpt-index-is-a-directory", local("{index_dir}"), 2, "no model_index.json"),
+    ("doctor-bad-value", ["task=doctor", "steps=0"], 2, "steps"),
+    ("doctor-in-a-sweep", ["-m", "task=generate,doctor", "checkpoint=tiny", "prompt=x"], 2, "without -m"),
     pytest.param("ckpt-unreadable", local("{unreadable}"), 2, "checkpoint.path", marks=ROOT_SKIP),
     # Output directories.
     ("out-is-file", ["checkpoint=tiny", "prompt=rain", "output.dir={file}"], 2, "not a directory"),
@@ -140,6 +144,11 @@ def paths(tmp_path_factory, tiny_dir) -> dict[str, str]:
     pickle_only_copy(tiny_dir, root / "bin_only")
     (_copy_tiny(tiny_dir, root / "bad_config") / "unet" / "config.json").write_text('{"sample_size": ')
     shutil.rmtree(_copy_tiny(tiny_dir, root / "no_unet") / "unet")
+    config = _copy_tiny(tiny_dir, root / "config_dir") / "vocoder" / "config.json"  # unreadable, even for root
+    config.unlink()
+    config.mkdir()
+    (root / "index_dir").mkdir()
+    (root / "index_dir" / "model_index.json").mkdir()
     (root / "cfgdir" / "experiment").mkdir(parents=True)
     (root / "cfgdir" / "experiment" / "bad.yaml").write_text("# @package _global_\nsteps: -5\n")
     (root / "cfgdir" / "experiment" / "broken.yaml").write_text("steps: [1\n")

@@ -104,6 +104,8 @@ def check_overrides(argv: Sequence[str]) -> DictConfig | None:
             values = list(override.sweep_string_iterator())
         else:
             values = [override.get_value_element_as_str()] if not override.is_delete() else []
+        if key == "task" and multirun and "doctor" in values:
+            raise ConfigError(key, "task=doctor checks the environment once: run it without -m")
         if key in groups:
             for value in values:
                 if value not in groups[key]:

@@ -155,13 +155,12 @@ def validate_config(cfg: DictConfig, probe: Probe = probe_device) -> None:
     """
     if cfg.get("task") not in TASKS:
         raise ConfigError("task", f"unknown task {cfg.get('task')!r}; choose one of {', '.join(TASKS)}")
-    if cfg.task == "doctor":
-        return  # checks the environment, not a request: needs no prompt and loads nothing
     prompt = cfg.get("prompt")
-    if prompt is None:
+    if prompt is None and cfg.task != "doctor":  # the doctor checks the environment: it needs no prompt
         raise ConfigError("prompt", 'required, e.g. prompt="rain on a tin roof"')
-    prompts = prompt_list(prompt)
-    negative_prompt_list(cfg.get("negative_prompt"), len(prompts))
+    if prompt is not None:
+        prompts = prompt_list(prompt)
+        negative_prompt_list(cfg.get("negative_prompt"), len(prompts))
 
     _int(cfg, "seed", 0)
     if cfg.seed >= 2**63:
