@@ -93,3 +93,18 @@ def test_cli_doctor_exits_non_zero_when_the_defaults_cannot_run(tmp_path, monkey
     assert exc.value.code == 6
     captured = capsys.readouterr()
     assert "FAIL" in captured.out and captured.err.startswith("audioldm2-fast: error: 1 check(s) failed")
+
+
+@pytest.mark.slow
+def test_doctor_command_in_a_real_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "audioldm2_fast", "task=doctor"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "transformers" in proc.stdout and "GPT-2 prior" in proc.stdout and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
