@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from audioldm2_fast.stages.denoiser import Denoiser
+from audioldm2_fast.stages.text_encoders import TextEncoders
 from audioldm2_fast.stages.vocoder import Vocoder
 
 
@@ -9,4 +11,33 @@ class HalfVolumeVocoder(Vocoder):
     def __call__(self, state):
         state = super().__call__(state)
         state.waveforms = state.waveforms * 0.5
+        return state
+
+
+class NaNDenoiser(Denoiser):
+    """Puts a NaN into the latents of the last prompt (for the non-finite checks)."""
+
+    def __call__(self, state):
+        state = super().__call__(state)
+        last = (state.batch_size - 1) * state.num_waveforms
+        state.latents[last, 0, 0, 0] = float("nan")
+        return state
+
+
+class NaNTextEncoders(TextEncoders):
+    """Puts an Inf into the T5 embedding of the first prompt (a text-side row: every candidate of it fails)."""
+
+    def __call__(self, state):
+        state = super().__call__(state)
+        positives = state.batch_size if state.do_classifier_free_guidance else 0
+        state.t5_embeds[positives, 0, 0] = float("inf")
+        return state
+
+
+class SilentSecondVocoder(Vocoder):
+    """Silences the second waveform."""
+
+    def __call__(self, state):
+        state = super().__call__(state)
+        state.waveforms[1] = 0.0
         return state

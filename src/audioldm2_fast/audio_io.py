@@ -50,7 +50,12 @@ def write_audio(path: Path, audio: np.ndarray, sample_rate: int, fmt: str, subty
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     try:
-        sf.write(tmp, audio, sample_rate, format=fmt.upper(), subtype=subtype.upper() if subtype else None)
+        channels = 1 if audio.ndim == 1 else audio.shape[1]
+        with sf.SoundFile(
+            tmp, "w", sample_rate, channels, subtype.upper() if subtype else None, format=fmt.upper()
+        ) as fh:
+            _no_peak_chunk(fh)
+            fh.write(audio)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
@@ -58,6 +63,14 @@ def write_audio(path: Path, audio: np.ndarray, sample_rate: int, fmt: str, subty
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _no_peak_chunk(fh: Any) -> None:
+    """Leave out the PEAK chunk that libsndfile adds to float files: it holds the write time, so two runs of the
+    same settings would differ in their bytes."""
+    import soundfile as sf
+
+    sf._snd.sf_command(fh._file, 0x1050, sf._ffi.NULL, 0)  # SFC_SET_ADD_PEAK_CHUNK, SF_FALSE
 
 
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import hydra
 from omegaconf import DictConfig
 
-from .errors import Audioldm2FastError, ConfigError
+from .errors import Audioldm2FastError, ConfigError, ItemsFailedError
 from .paths import conf_dir, config_groups
 
 log = logging.getLogger("audioldm2_fast")
@@ -69,21 +69,28 @@ def _one_line(text: str) -> str:
     return re.sub(r"\s+", " ", "; ".join(lines))
 
 
-def check_overrides(argv: Sequence[str]) -> None:
-    """Refuse unknown group options, unknown keys and invalid values before Hydra starts a run."""
+def check_overrides(argv: Sequence[str]) -> DictConfig | None:
+    """Refuse unknown group options, unknown keys and invalid values before Hydra starts a run.
+
+    Returns the composed config of a single run (the first job's, in a sweep); None for info-only flags.
+    """
+    import yaml
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from .argv_checks import check_added_key, check_flags
+
+    location = check_flags(argv)
     overrides, multirun, info_only = _split_argv(argv)
     if info_only:
-        return
+        return None
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as exc:
         raise ConfigError("", f"cannot parse the overrides: {_one_line(exc)}") from None
 
-    groups = config_groups()
+    groups = config_groups(location.config_dir)
     first_values: list[str] = []
     for override in parsed:
         key = override.key_or_group
@@ -97,6 +104,8 @@ def check_overrides(argv: Sequence[str]) -> None:
             values = list(override.sweep_string_iterator())
         else:
             values = [override.get_value_element_as_str()] if not override.is_delete() else []
+        if key == "task" and multirun and "doctor" in values:
+            raise ConfigError(key, "task=doctor checks the environment once: run it without -m")
         if key in groups:
             for value in values:
                 if value not in groups[key]:
@@ -107,8 +116,18 @@ def check_overrides(argv: Sequence[str]) -> None:
 
     from .runner import compose_config
 
+    def compose(values: list[str]) -> DictConfig:
+        return compose_config(values, location.config_name, location.config_dir)
+
     try:
-        cfg = compose_config(first_values)
+        added = [o for o in parsed if (o.is_add() or o.is_force_add()) and o.key_or_group not in groups]
+        if added:
+            known = compose([v for v, o in zip(first_values, parsed, strict=True) if o not in added])
+            for override in added:
+                check_added_key(override.key_or_group, known)
+        cfg = compose(first_values)
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"cannot read a config file: {_one_line(exc)}") from None
     except (HydraException, OmegaConfBaseException) as exc:
         message = _one_line(exc)
         match = re.search(r"Could not override '([^']+)'", message)
@@ -120,7 +139,9 @@ def check_overrides(argv: Sequence[str]) -> None:
         from .config import validate_config
 
         validate_config(cfg)
-        resolve_checkpoint(cfg.checkpoint)  # a missing checkpoint fails here, before Hydra creates a run dir
+        if cfg.task != "doctor":
+            resolve_checkpoint(cfg.checkpoint)  # a missing checkpoint fails here, before Hydra creates a run dir
+    return cfg
 
 
 def _fail(exc: Audioldm2FastError) -> None:
@@ -178,6 +199,11 @@ def _generate(cfg: DictConfig) -> dict:
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
     where = f"wrote {len(result.records)} file(s) to {cfg.output.dir}" if result.records else "wrote nothing"
     print(f"{PROG}: generated {len(result.waveforms)} waveform(s), {where}, in {total:.2f} s ({stages})")
+    if result.failed:  # each item was logged as it failed
+        raise ItemsFailedError(
+            f"{len(result.failed)} of {len(result.waveforms)} item(s) failed, the others were written "
+            f"(first: {result.failed[0]})"
+        )
     return {
         "task": "generate",
         "e2e_s": total,
@@ -207,9 +233,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     _quiet_libraries()
     try:
-        check_overrides(argv)
+        cfg = check_overrides(argv)
     except Audioldm2FastError as exc:
         _fail(exc)
+    if cfg is not None and cfg.task == "doctor" and "-m" not in argv and "--multirun" not in argv:
+        from .doctor import run_doctor
+
+        sys.exit(run_doctor())  # no Hydra run: the doctor writes nothing
     sys.argv = [PROG, *argv]
     _hydra_entry()
 

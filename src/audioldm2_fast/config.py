@@ -19,7 +19,9 @@ from .errors import ConfigError
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PRECISIONS = {*DTYPES, "auto"}
 FORMATS = {"wav": "WAV", "flac": "FLAC", "ogg": "OGG"}
-TASKS = ("generate", "benchmark")
+TASKS = ("generate", "benchmark", "doctor")
+#: Longest prompt accepted, in characters. Tokenizers keep only their first tokens (README, "Prompts").
+MAX_PROMPT_CHARS = 10_000
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda|cuda:\d+|meta)$")
 
 
@@ -65,7 +67,22 @@ def prompt_list(value: Any, key: str = "prompt") -> list[str]:
             raise ConfigError(where, f"must be a string (got {type(item).__name__})")
         if not item.strip():
             raise ConfigError(where, "must not be empty")
+        check_prompt_text(item, where)
     return items
+
+
+def check_prompt_text(text: str, key: str) -> None:
+    """Refuse control characters (naming the first one's position) and prompts over ``MAX_PROMPT_CHARS``.
+
+    Any other text is valid, right-to-left scripts and emoji included.
+    """
+    import unicodedata
+
+    if len(text) > MAX_PROMPT_CHARS:
+        raise ConfigError(key, f"is {len(text)} characters long; the limit is {MAX_PROMPT_CHARS}")
+    for pos, char in enumerate(text):
+        if unicodedata.category(char) == "Cc":
+            raise ConfigError(key, f"contains the control character U+{ord(char):04X} at position {pos}")
 
 
 def negative_prompt_list(value: Any, num_prompts: int) -> list[str] | None:
@@ -73,6 +90,7 @@ def negative_prompt_list(value: Any, num_prompts: int) -> list[str] | None:
     if value is None:
         return None
     if isinstance(value, str):
+        check_prompt_text(value, "negative_prompt")
         return [value] * num_prompts
     if not isinstance(value, (list, tuple, ListConfig)):
         raise ConfigError("negative_prompt", f"must be a string or a list of strings (got {type(value).__name__})")
@@ -85,6 +103,7 @@ def negative_prompt_list(value: Any, num_prompts: int) -> list[str] | None:
     for i, item in enumerate(items):
         if not isinstance(item, str):
             raise ConfigError(f"negative_prompt[{i}]", f"must be a string (got {type(item).__name__})")
+        check_prompt_text(item, f"negative_prompt[{i}]")
     return items
 
 
@@ -137,10 +156,11 @@ def validate_config(cfg: DictConfig, probe: Probe = probe_device) -> None:
     if cfg.get("task") not in TASKS:
         raise ConfigError("task", f"unknown task {cfg.get('task')!r}; choose one of {', '.join(TASKS)}")
     prompt = cfg.get("prompt")
-    if prompt is None:
+    if prompt is None and cfg.task != "doctor":  # the doctor checks the environment: it needs no prompt
         raise ConfigError("prompt", 'required, e.g. prompt="rain on a tin roof"')
-    prompts = prompt_list(prompt)
-    negative_prompt_list(cfg.get("negative_prompt"), len(prompts))
+    if prompt is not None:
+        prompts = prompt_list(prompt)
+        negative_prompt_list(cfg.get("negative_prompt"), len(prompts))
 
     _int(cfg, "seed", 0)
     if cfg.seed >= 2**63:
@@ -189,9 +209,9 @@ def _validate_output(cfg: DictConfig) -> None:
 
         if not isinstance(out_dir, str) or not out_dir.strip():
             raise ConfigError("output.dir", f"must be a directory path (got {out_dir!r})")
-        path = Path(out_dir).expanduser()
-        if path.exists() and not path.is_dir():
-            raise ConfigError("output.dir", f"{out_dir!r} exists and is not a directory")
+        from .writability import check_writable_dir
+
+        check_writable_dir(Path(out_dir).expanduser(), "output.dir")
 
 
 def _validate_benchmark(cfg: DictConfig) -> None:
@@ -240,6 +260,8 @@ def _validate_checkpoint(cfg: DictConfig) -> None:
     from .checkpoints.resolve import read_model_index
 
     ckpt = cfg.checkpoint
+    if not isinstance(ckpt.get("allow_pickle", False), bool):
+        raise ConfigError("checkpoint.allow_pickle", f"must be true or false (got {ckpt.get('allow_pickle')!r})")
     if str(ckpt.get("name") or "").startswith("synthetic-"):
         from .checkpoints.synthetic import SYNTHETIC_CONFIGS
 

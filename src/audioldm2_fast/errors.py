@@ -40,3 +40,15 @@ class StageError(Audioldm2FastError):
     def __init__(self, stage: str, problem: str):
         self.stage = stage
         super().__init__(f"stage {stage}: {problem}")
+
+
+class ItemsFailedError(Audioldm2FastError):
+    """Some items of a run were dropped (non-finite values); the others were written."""
+
+    exit_code = 5
+
+
+class EnvironmentProblem(Audioldm2FastError):
+    """The installed environment cannot run the default settings (``task=doctor`` reports why)."""
+
+    exit_code = 6

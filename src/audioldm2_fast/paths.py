@@ -12,10 +12,13 @@ def conf_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "conf"
 
 
-def config_groups() -> dict[str, list[str]]:
-    """Each config group and its options (file names without .yaml)."""
-    root = conf_dir()
-    groups: dict[str, list[str]] = {}
-    for sub in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "hydra"):
-        groups[sub.name] = sorted(str(f.relative_to(sub).with_suffix("")) for f in sub.rglob("*.yaml"))
-    return groups
+def config_groups(extra_dir: Path | None = None) -> dict[str, list[str]]:
+    """Each config group and its options (file names without .yaml), also from a ``--config-dir``."""
+    groups: dict[str, set[str]] = {}
+    for root in (conf_dir(), extra_dir):
+        if root is None:
+            continue
+        for sub in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "hydra"):
+            options = {str(f.relative_to(sub).with_suffix("")) for f in sub.rglob("*.yaml")}
+            groups.setdefault(sub.name, set()).update(options)
+    return {name: sorted(options) for name, options in sorted(groups.items())}

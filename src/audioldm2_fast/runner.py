@@ -21,6 +21,7 @@ from .checkpoints.resolve import resolve_checkpoint
 from .checkpoints.synthetic import make_store
 from .compiling import compile_stage
 from .config import negative_prompt_list, prompt_list, stage_placement, validate_config
+from .finite import check_stage_output, describe, tensor_fields
 from .offload import make_offload
 from .schedulers import num_steps
 from .stages.base import Stage
@@ -41,6 +42,7 @@ class GenerationResult:
     scores: np.ndarray | None
     ranks: np.ndarray | None
     records: list[dict[str, Any]] = field(default_factory=list)  # one per written file, best first per prompt
+    failed: list[str] = field(default_factory=list)  # one line per item dropped for non-finite values
     timings: dict[str, float] = field(default_factory=dict)
 
     def candidates(self, prompt_index: int) -> np.ndarray:
@@ -56,14 +58,20 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose the app's config with Hydra, as the command line would (without starting a Hydra run)."""
+def compose_config(
+    overrides: Sequence[str] = (), config_name: str = "config", config_dir: Path | None = None
+) -> DictConfig:
+    """Compose the app's config with Hydra, as the command line would (without starting a Hydra run).
+
+    ``config_dir`` is searched as ``--config-dir`` is: for the primary config and for group options.
+    """
     from hydra import compose, initialize_config_dir
 
     from .paths import conf_dir
 
+    extra = [f"hydra.searchpath=[file://{config_dir}]"] if config_dir is not None else []
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+        return compose(config_name=config_name, overrides=[*extra, *overrides])
 
 
 class Generator:
@@ -130,8 +138,11 @@ class Generator:
         for stage in self.stages:
             t0 = time.perf_counter()
             self.offload.before(stage)
+            before = tensor_fields(state)
             with attention_context(self.cfg, stage.name):
                 state = stage(state)
+            for item in check_stage_output(state, stage.name, before):
+                log.error("%s", describe(state, item))
             _synchronize(stage.device)
             self.offload.after(stage)
             state.timings[stage.name] = time.perf_counter() - t0
@@ -143,6 +154,7 @@ class Generator:
             scores=None if state.scores is None else state.scores.numpy(),
             ranks=None if state.ranks is None else state.ranks.numpy(),
             records=state.records,
+            failed=[describe(state, i) for i in sorted(state.failed)],
             timings=dict(state.timings),
         )
 

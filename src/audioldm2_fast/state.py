@@ -44,6 +44,8 @@ class GenerationState:
     ranks: torch.Tensor | None = None  # (B * num_waveforms,) 1 = best candidate of its prompt
     # writer
     records: list[dict[str, Any]] = field(default_factory=list)
+    # any stage: items (waveform indices) dropped because of non-finite values, with the reason (see finite.py)
+    failed: dict[int, str] = field(default_factory=dict)
 
     timings: dict[str, float] = field(default_factory=dict)
 

@@ -1,7 +1,8 @@
 """Load checkpoint components one by one through ``from_pretrained``.
 
 Each component is loaded only when a stage asks for it, directly in the dtype that stage runs in. Only the classes
-an AudioLDM 2 checkpoint is made of can be named by ``model_index.json``; weights load from safetensors only and
+an AudioLDM 2 checkpoint is made of can be named by ``model_index.json``; weights load from safetensors only
+(``use_safetensors=True``), unless ``allow_pickle`` opts in to a component that has only pickle-based weights, and
 ``trust_remote_code`` is never used.
 """
 
@@ -15,6 +16,7 @@ import torch
 
 from ..errors import CheckpointError
 from .resolve import read_model_index
+from .safety import weight_files
 
 # (library, class) pairs that model_index.json may name. Schedulers are checked separately.
 ALLOWED_CLASSES: dict[str, set[str]] = {
@@ -49,8 +51,9 @@ def _import_class(library: str, class_name: str) -> type:
 class ComponentStore:
     """Lazily loaded components of one checkpoint directory, shared by the stages of a chain."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, allow_pickle: bool = False):
         self.path = Path(path)
+        self.allow_pickle = allow_pickle
         self.index = read_model_index(self.path)
         self._loaded: dict[str, Any] = {}
 
@@ -96,13 +99,15 @@ class ComponentStore:
         sub = self.path / name
         if name in PROCESSORS:
             return cls.from_pretrained(sub)
-        if not any(sub.glob("*.safetensors")):
+        safetensors, pickles = weight_files(sub)
+        if not safetensors and not (self.allow_pickle and pickles):
             found = sorted(p.name for p in sub.iterdir()) if sub.is_dir() else []
             raise CheckpointError(
                 f"checkpoint {self.path}: component {name!r} has no .safetensors weights (found {found}); "
-                "pickle-based weight files are not loaded"
+                "pickle-based weight files are not loaded unless checkpoint.allow_pickle=true"
             )
+        use_safetensors = bool(safetensors)  # False only for a pickle-only component the user opted in to
         dtype = dtype or torch.float32
         if library == "transformers":
-            return cls.from_pretrained(sub, use_safetensors=True, dtype=dtype).eval()
-        return cls.from_pretrained(self.path, subfolder=name, use_safetensors=True, torch_dtype=dtype).eval()
+            return cls.from_pretrained(sub, use_safetensors=use_safetensors, dtype=dtype).eval()
+        return cls.from_pretrained(self.path, subfolder=name, use_safetensors=use_safetensors, torch_dtype=dtype).eval()

@@ -52,18 +52,24 @@ def resolve_checkpoint(ckpt: Any) -> Path:
             language_model_class=str(tiny.get("language_model_class", "GPT2Model")),
             cache_dir=ckpt.get("cache_dir"),
         )
-        read_model_index(path)
+        _check_files(path, read_model_index(path), ckpt)
         return path
     if ckpt.get("path"):
         path = Path(str(ckpt.path)).expanduser()
-        read_model_index(path)
+        _check_files(path, read_model_index(path), ckpt)
         return path
     repo_id = ckpt.get("repo_id")
     if not repo_id:
         raise ConfigError("checkpoint.path", "required for checkpoint=local (a diffusers-format AudioLDM 2 directory)")
     path = _hub_snapshot(str(repo_id), ckpt.get("revision"), name)
-    read_model_index(path, key=f"checkpoint={name}")
+    _check_files(path, read_model_index(path, key=f"checkpoint={name}"), ckpt)
     return path
+
+
+def _check_files(path: Path, index: dict[str, Any], ckpt: Any) -> None:
+    from .safety import check_checkpoint_files
+
+    check_checkpoint_files(path, index, allow_pickle=bool(ckpt.get("allow_pickle", False)))
 
 
 def _hub_snapshot(repo_id: str, revision: str | None, name: str) -> Path:

@@ -279,4 +279,4 @@ def make_store(ckpt_cfg: Any, path: Path) -> ComponentStore:
         if init_scale is not None and hasattr(init_scale, "items"):
             init_scale = {str(k): dict(v or {}) for k, v in init_scale.items()}
         return SyntheticComponentStore(path, seed=int(syn.get("seed", 0) or 0), init_scale=init_scale)
-    return ComponentStore(path)
+    return ComponentStore(path, allow_pickle=bool(ckpt_cfg.get("allow_pickle", False)))

@@ -82,6 +82,8 @@ class Ranker(Stage):
         audio = self.audio_embeddings(state.waveforms, state.sample_rate).view(state.batch_size, n, -1)
         text = self.text_embeddings(state.prompts)
         scores = torch.einsum("bnd,bd->bn", audio, text)  # each prompt against its own candidates only
+        if state.failed:  # dropped items rank last, so the written candidates keep ranks 1..k
+            scores.view(-1)[list(state.failed)] = -torch.inf
         order = torch.argsort(scores, dim=1, descending=True)
         ranks = torch.empty_like(order)
         ranks.scatter_(1, order, torch.arange(1, n + 1, device=order.device).expand_as(order))

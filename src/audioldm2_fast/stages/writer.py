@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 import numpy as np
 
 from ..audio_io import EXTENSIONS, append_jsonl, prompt_slug, reserve_path, write_audio
-from ..errors import OutputError, StageError
+from ..errors import OutputError
+from ..finite import SILENCE_DBFS, is_silent
+from ..provenance import provenance, save_config
 from ..state import GenerationState
 from .base import Stage
 from .registry import register_stage
+
+log = logging.getLogger(__name__)
 
 
 @register_stage("writer")
@@ -32,10 +37,14 @@ class Writer(Stage):
         fmt = self.cfg.output.format
         subtype = self.cfg.output.get("subtype")
         waveforms = state.waveforms.numpy()
-        bad = [i for i, w in enumerate(waveforms) if not np.isfinite(w).all()]
-        if bad:
-            raise StageError(self.name, f"waveform(s) {bad} contain NaN or Inf; nothing was written for them")
-        order = self._order(state)
+        for i, w in enumerate(waveforms):  # a chain run outside the Generator has no per-stage check
+            if i not in state.failed and not np.isfinite(w).all():
+                state.failed[i] = f"stage {self.name}: the waveform contains NaN or Inf"
+        order = [i for i in self._order(state) if i not in state.failed]
+        try:
+            cfg_hash = save_config(self.cfg, out_dir) if order else ""
+        except OSError as exc:
+            raise OutputError(f"output.dir: cannot write in {str(out_dir)!r}: {exc.strerror or exc}") from None
         for i in order:
             p = state.prompt_index(i)
             slug = prompt_slug(state.prompts[p], self.cfg.output.name_max_length)
@@ -46,6 +55,10 @@ class Writer(Stage):
             except OSError as exc:
                 raise OutputError(f"output.dir: cannot write in {str(out_dir)!r}: {exc.strerror or exc}") from None
             row = self._row(state, i, path, out_dir)
+            row["silent"] = is_silent(waveforms[i])
+            if row["silent"]:
+                log.warning("%s is silent (peak below %g dBFS)", path.name, SILENCE_DBFS)
+            row["provenance"] = provenance(cfg_hash)
             append_jsonl(out_dir / "manifest.jsonl", row)
             state.records.append(row)
         return state

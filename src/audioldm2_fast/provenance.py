@@ -1,0 +1,65 @@
+"""What a manifest row needs to reproduce its audio: library versions and the hash of the resolved config.
+
+The hash is the sha256 of the resolved config as YAML, leaving out ``output.dir`` (where files go does not change
+them), so two runs of the same settings share it whatever their run dirs. The YAML itself is saved next to the
+manifest as ``config-<first 12 hex digits>.yaml``. Per-call request values (``generate(seed=...)``) are recorded in
+the row itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as metadata
+import os
+import platform
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+LIBRARIES = ("torch", "diffusers", "transformers", "hydra-core", "omegaconf", "numpy", "soundfile", "safetensors")
+
+
+@cache
+def library_versions() -> dict[str, str | None]:
+    import soundfile
+
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for dist in LIBRARIES:
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    versions["libsndfile"] = soundfile.__libsndfile_version__
+    return versions
+
+
+def resolved_config_yaml(cfg: DictConfig) -> str:
+    """The resolved config as YAML, without ``output.dir`` and Hydra's own node."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(data, dict)
+    data.pop("hydra", None)
+    if isinstance(data.get("output"), dict):
+        data["output"].pop("dir", None)
+    return OmegaConf.to_yaml(OmegaConf.create(data), sort_keys=True)
+
+
+def config_hash(cfg: DictConfig) -> str:
+    return hashlib.sha256(resolved_config_yaml(cfg).encode("utf-8")).hexdigest()
+
+
+def save_config(cfg: DictConfig, out_dir: Path) -> str:
+    """Write ``config-<hash12>.yaml`` into ``out_dir`` unless it is there (same hash, same text); return the hash."""
+    text = resolved_config_yaml(cfg)
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    path = out_dir / f"config-{digest[:12]}.yaml"
+    if not path.exists():
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    return digest
+
+
+def provenance(cfg_hash: str) -> dict[str, Any]:
+    return {"config_sha256": cfg_hash, "versions": library_versions()}
