@@ -80,6 +80,7 @@ def test_sweep_report_links_each_jobs_outputs_and_survives_a_move(tmp_path):
         cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode != 0  # pndm needs 4 steps: that job fails, and its row says so
+    assert "denoising" not in proc.stderr and "stage/s" not in proc.stderr  # not a TTY: no bars
     (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
     moved = tmp_path / "moved-sweep"
     shutil.move(sweep, moved)

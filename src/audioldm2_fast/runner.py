@@ -22,7 +22,7 @@ from .checkpoints.synthetic import make_store
 from .compiling import compile_stage
 from .config import negative_prompt_list, prompt_list, stage_placement, validate_config
 from .offload import make_offload
-from .progress import progress_bar
+from .progress import progress_bar, silence_library_bars
 from .schedulers import num_steps
 from .stages.base import Stage
 from .stages.registry import resolve_stage_class
@@ -87,6 +87,7 @@ class Generator:
             device, dtype = stage_placement(cfg, name)
             self.stages.append(cls(name, device, dtype, self.store, cfg))
         offloading = cfg.offload.mode != "none"
+        silence_library_bars()
         bar = progress_bar(self.stages, cfg=cfg, desc="loading", unit="stage")
         for stage in bar:
             bar.set_postfix_str(stage.name)
