@@ -8,6 +8,7 @@ import os
 import re
 import tempfile
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from .errors import OutputError
 
-EXTENSIONS = {"wav": ".wav", "flac": ".flac", "ogg": ".ogg"}
+EXTENSIONS = {"wav": ".wav", "flac": ".flac", "ogg": ".ogg", "mp3": ".mp3"}
 
 
 def prompt_slug(prompt: str, max_length: int = 60) -> str:
@@ -47,15 +48,27 @@ def write_audio(path: Path, audio: np.ndarray, sample_rate: int, fmt: str, subty
     """Write to a temporary name in the same directory, then rename over the reserved ``path``."""
     import soundfile as sf
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
+    def write(tmp: str) -> None:
         channels = 1 if audio.ndim == 1 else audio.shape[1]
         with sf.SoundFile(
             tmp, "w", sample_rate, channels, subtype.upper() if subtype else None, format=fmt.upper()
         ) as fh:
             _no_peak_chunk(fh)
             fh.write(audio)
+
+    _write_then_rename(path, write)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` under a temporary name, then rename it over ``path`` (a reader never sees half a file)."""
+    _write_then_rename(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def _write_then_rename(path: Path, write: Callable[[str], Any]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions

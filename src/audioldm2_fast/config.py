@@ -18,7 +18,7 @@ from .errors import ConfigError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PRECISIONS = {*DTYPES, "auto"}
-FORMATS = {"wav": "WAV", "flac": "FLAC", "ogg": "OGG"}
+FORMATS = {"wav": "WAV", "flac": "FLAC", "ogg": "OGG", "mp3": "MP3"}
 TASKS = ("generate", "benchmark", "doctor")
 #: Longest prompt accepted, in characters. Tokenizers keep only their first tokens (README, "Prompts").
 MAX_PROMPT_CHARS = 10_000
@@ -197,12 +197,18 @@ def _validate_output(cfg: DictConfig) -> None:
     fmt = cfg.output.get("format")
     if fmt not in FORMATS:
         raise ConfigError("output.format", f"must be one of {sorted(FORMATS)} (got {fmt!r})")
+    if FORMATS[fmt] not in sf.available_formats():
+        raise ConfigError(
+            "output.format",
+            f"{fmt} is not supported by libsndfile {sf.__libsndfile_version__} (mp3 needs >= 1.1); use wav, flac, ogg",
+        )
     subtype = cfg.output.get("subtype")
     valid_subtypes = sf.available_subtypes(FORMATS[fmt])
     if subtype is not None and (not isinstance(subtype, str) or subtype.upper() not in valid_subtypes):
         choices = ", ".join(sorted(valid_subtypes))
         raise ConfigError("output.subtype", f"{subtype!r} is not valid for {fmt}; choose one of {choices}")
     _int(cfg, "output.name_max_length", 8)
+    _validate_finishing(cfg)
     out_dir = cfg.output.get("dir")
     if out_dir is not None:
         from pathlib import Path
@@ -212,6 +218,21 @@ def _validate_output(cfg: DictConfig) -> None:
         from .writability import check_writable_dir
 
         check_writable_dir(Path(out_dir).expanduser(), "output.dir")
+
+
+def _validate_finishing(cfg: DictConfig) -> None:
+    from .finishing import NORMALIZE
+
+    for key in ("spectrogram", "report", "trim"):
+        if not isinstance(cfg.output.get(key, True), bool):
+            raise ConfigError(f"output.{key}", f"must be true or false (got {cfg.output.get(key)!r})")
+    mode = cfg.output.get("normalize", "none")
+    if mode not in NORMALIZE:
+        raise ConfigError("output.normalize", f"must be one of {', '.join(NORMALIZE)} (got {mode!r})")
+    _number(cfg, "output.headroom_db", 0.0)
+    value = cfg.output.get("loudness_lufs", -14.0)
+    if not _is_number(value) or not -70.0 <= value <= 0.0:
+        raise ConfigError("output.loudness_lufs", f"must be a number between -70 and 0 LUFS (got {value!r})")
 
 
 def _validate_benchmark(cfg: DictConfig) -> None:

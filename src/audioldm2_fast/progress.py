@@ -50,3 +50,12 @@ def progress_bar(
 def iterate(iterable: Iterable[T], *, cfg: DictConfig | None = None, desc: str = "", **kwargs: Any) -> Iterator[T]:
     """Iterate with a bar when enabled."""
     yield from progress_bar(iterable, cfg=cfg, desc=desc, **kwargs)
+
+
+def silence_library_bars() -> None:
+    """Turn off diffusers' and transformers' own bars (weight loading): ours show loading per stage instead."""
+    import diffusers
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.disable_progress_bar()

@@ -23,6 +23,7 @@ from .compiling import compile_stage
 from .config import negative_prompt_list, prompt_list, stage_placement, validate_config
 from .finite import check_stage_output, describe, tensor_fields
 from .offload import make_offload
+from .progress import progress_bar, silence_library_bars
 from .schedulers import num_steps
 from .stages.base import Stage
 from .stages.registry import resolve_stage_class
@@ -44,6 +45,7 @@ class GenerationResult:
     records: list[dict[str, Any]] = field(default_factory=list)  # one per written file, best first per prompt
     failed: list[str] = field(default_factory=list)  # one line per item dropped for non-finite values
     timings: dict[str, float] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)  # the call's resolved settings (seed, steps, ...)
 
     def candidates(self, prompt_index: int) -> np.ndarray:
         """The candidates of one prompt, best first."""
@@ -93,7 +95,10 @@ class Generator:
             device, dtype = stage_placement(cfg, name)
             self.stages.append(cls(name, device, dtype, self.store, cfg))
         offloading = cfg.offload.mode != "none"
-        for stage in self.stages:
+        silence_library_bars()
+        bar = progress_bar(self.stages, cfg=cfg, desc="loading", unit="stage")
+        for stage in bar:
+            bar.set_postfix_str(stage.name)
             if offloading:  # never hold a whole model on the accelerator before the offload policy places it
                 stage.load_device = torch.device(cfg.offload.get("offload_device", "cpu"))
             stage.setup()
@@ -107,10 +112,20 @@ class Generator:
         log.info("loaded %s in %.2f s (%s)", self.checkpoint_dir, self.load_time_s, placement)
 
     @classmethod
-    def from_config(cls, overrides: Sequence[str] = ()) -> Generator:
-        """Build from the app's configs and command-line style overrides."""
+    def from_config(cls, overrides: Sequence[str] = (), write: bool = True) -> Generator:
+        """Build from the app's configs and command-line style overrides, validated as the command line does.
+
+        Bad overrides raise the CLI's ``ConfigError``. ``write=False`` leaves the writer out of the chain: nothing is
+        written and ``output.dir`` is not needed; the result still holds the waveforms and their metadata.
+        """
+        from .cli import check_overrides
+
+        overrides = list(overrides)
+        check_overrides(overrides)
         cfg = compose_config(overrides)
-        if cfg.output.get("dir") is None:
+        if not write:
+            cfg.pipeline.chain = [name for name in cfg.pipeline.chain if name != "writer"]
+        elif cfg.output.get("dir") is None:
             cfg.output.dir = time.strftime("outputs/%Y-%m-%d/%H-%M-%S")
         return cls(cfg)
 
@@ -156,7 +171,26 @@ class Generator:
             records=state.records,
             failed=[describe(state, i) for i in sorted(state.failed)],
             timings=dict(state.timings),
+            metadata=self._metadata(state),
         )
+
+    def _metadata(self, state: GenerationState) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            "prompts": list(state.prompts),
+            "negative_prompts": state.negative_prompts,
+            "seed": state.seed,
+            "num_waveforms": state.num_waveforms,
+            "steps": state.steps,
+            "scheduler": cfg.scheduler.name,
+            "guidance_scale": state.guidance_scale,
+            "eta": state.eta,
+            "audio_length_s": state.waveform_length / state.sample_rate,
+            "num_samples": int(state.waveforms.shape[1]),
+            "checkpoint": cfg.checkpoint.get("repo_id") or cfg.checkpoint.get("path") or cfg.checkpoint.name,
+            "precision": cfg.precision.name,
+            "stages": {s.name: f"{s.device}/{str(s.dtype).removeprefix('torch.')}" for s in self.stages},
+        }
 
     def close(self) -> None:
         for stage in self.stages:

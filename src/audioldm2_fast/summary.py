@@ -1,4 +1,4 @@
-"""Sweep summaries: after every job of a multirun, ``summary.csv``, ``summary.md`` and ``summary.png`` in the sweep dir.
+"""Sweep summaries: after every job of a multirun, ``summary.csv/md/png`` and ``report.html`` in the sweep dir.
 
 Each job leaves ``job.json`` in its own dir (its overrides, status, error, times, memory, outputs). The summary is
 rebuilt from all of them after every job and at the end of the sweep, so it exists (with failed rows saying why)
@@ -77,6 +77,9 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     lines += ["| " + " | ".join(_fmt(r.get(c)) for c in COLUMNS) + " |" for r in rows]
     _atomic_write(sweep_dir / "summary.md", ("\n".join(lines) + "\n").encode())
     _plot(rows, sweep_dir / "summary.png")
+    from .report import write_sweep_report
+
+    write_sweep_report(sweep_dir, rows)
     return rows
 
 

@@ -8,6 +8,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..geometry import audio_geometry
+from ..progress import progress_bar
 from ..schedulers import build_scheduler
 from ..state import GenerationState
 from .base import Stage
@@ -56,7 +57,7 @@ class Denoiser(Stage):
         step_kwargs = self._step_kwargs(scheduler, state)
         guidance = state.do_classifier_free_guidance
 
-        for t in scheduler.timesteps:
+        for t in progress_bar(scheduler.timesteps, cfg=self.cfg, desc="denoising", unit="step"):
             model_input = torch.cat([latents] * 2) if guidance else latents
             model_input = scheduler.scale_model_input(model_input, t)
             noise_pred = unet(

@@ -23,6 +23,7 @@ class Vocoder(Stage):
         if mel.dim() == 4:
             mel = mel.squeeze(1)
         waveforms = vocoder(mel).cpu().float()
-        state.waveforms = waveforms[:, : state.waveform_length]
+        # output.trim=false keeps the vocoder's whole output (the length rounded up to the latent grid).
+        state.waveforms = waveforms[:, : state.waveform_length] if self.cfg.output.get("trim", True) else waveforms
         state.sample_rate = int(vocoder.config.sampling_rate)
         return state

@@ -10,8 +10,11 @@ import numpy as np
 
 from ..audio_io import EXTENSIONS, append_jsonl, prompt_slug, reserve_path, write_audio
 from ..errors import OutputError
+from ..finishing import finish_audio, trim_record
 from ..finite import SILENCE_DBFS, is_silent
 from ..provenance import provenance, save_config
+from ..report import write_run_report
+from ..spectrogram import write_spectrogram
 from ..state import GenerationState
 from .base import Stage
 from .registry import register_stage
@@ -51,16 +54,22 @@ class Writer(Stage):
             stem = f"{slug}_s{state.seed}_c{state.candidate_index(i)}"
             try:
                 path = reserve_path(out_dir, stem, EXTENSIONS[fmt])
-                write_audio(path, waveforms[i], state.sample_rate, fmt, subtype)
+                audio, finishing = finish_audio(waveforms[i], state.sample_rate, self.cfg.output)
+                write_audio(path, audio, state.sample_rate, fmt, subtype)
+                row = self._row(state, i, path, out_dir)
+                row["finishing"] = {**finishing, **trim_record(self.cfg.output, state.waveform_length)}
+                row["silent"] = is_silent(waveforms[i])  # the model's output, before any normalisation
+                if row["silent"]:
+                    log.warning("%s is silent (peak below %g dBFS)", path.name, SILENCE_DBFS)
+                row["provenance"] = provenance(cfg_hash)
+                if self.cfg.output.get("spectrogram", True):
+                    row["spectrogram"] = write_spectrogram(out_dir, path, audio, state.sample_rate, row)
             except OSError as exc:
                 raise OutputError(f"output.dir: cannot write in {str(out_dir)!r}: {exc.strerror or exc}") from None
-            row = self._row(state, i, path, out_dir)
-            row["silent"] = is_silent(waveforms[i])
-            if row["silent"]:
-                log.warning("%s is silent (peak below %g dBFS)", path.name, SILENCE_DBFS)
-            row["provenance"] = provenance(cfg_hash)
             append_jsonl(out_dir / "manifest.jsonl", row)
             state.records.append(row)
+        if self.cfg.output.get("report", True):
+            write_run_report(out_dir)
         return state
 
     @staticmethod
