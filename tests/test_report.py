@@ -37,7 +37,8 @@ def test_every_file_gets_a_spectrogram_titled_with_its_settings(make_generator, 
         png = out / row["spectrogram"]
         assert png.read_bytes()[:8] == PNG and png.stem == (out / row["path"]).stem
     make_generator("prompt=x", "output.spectrogram=false", "output.report=false", out=tmp_path / "bare").generate()
-    assert sorted(p.suffix for p in (tmp_path / "bare").iterdir()) == [".jsonl", ".wav"]
+    # audio, manifest and the resolved config it names (provenance); no PNG, no report
+    assert sorted(p.suffix for p in (tmp_path / "bare").iterdir()) == [".jsonl", ".wav", ".yaml"]
 
 
 def test_spectrogram_title_and_mel_content():

@@ -45,7 +45,14 @@ def apply_attention_processors(stage: Stage, cfg: DictConfig) -> None:
     """Swap the UNet's attention processors for ``sliced`` and ``xformers``."""
     acfg = cfg.attention
     unet = stage.modules.get("unet")
-    if unet is None or stage.name not in (acfg.get("stages") or []):
+    if unet is None:
+        return
+    chunk = (cfg.get("memory") or {}).get("attention_chunk_size")
+    if chunk is not None:  # checked against sliced/xformers in compat.rule_memory
+        from .chunking import ChunkedAttnProcessor
+
+        unet.set_attn_processor(ChunkedAttnProcessor(chunk))
+    if stage.name not in (acfg.get("stages") or []):
         return
     if acfg.backend == "sliced":
         unet.set_attention_slice(acfg.get("slice_size", "auto"))

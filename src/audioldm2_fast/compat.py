@@ -93,6 +93,16 @@ def rule_attention_backend(plan: Plan) -> None:
         raise ConfigError("attention", f"attention=cudnn needs a newer torch than {torch.__version__}")
 
 
+def rule_memory(plan: Plan) -> None:
+    memory = plan.cfg.get("memory") or {}
+    backend = plan.cfg.attention.backend
+    if memory.get("attention_chunk_size") is not None and backend in ("sliced", "xformers"):
+        raise ConfigError(
+            "memory.attention_chunk_size",
+            f"replaces the UNet's attention processors, as attention={backend} does; use one of the two",
+        )
+
+
 def rule_compile(plan: Plan) -> None:
     ccfg = plan.cfg.compile
     mode = ccfg.get("mode")
@@ -167,6 +177,7 @@ RULES: list[Callable[[Plan], None]] = [
     rule_half_precision_supported,
     rule_attention_backend,
     rule_compile,
+    rule_memory,
     rule_offload,
     rule_scheduler_dependencies,
 ]

@@ -178,6 +178,7 @@ def validate_config(cfg: DictConfig, probe: Probe = probe_device) -> None:
     _validate_output(cfg)
     if cfg.task == "benchmark":
         _validate_benchmark(cfg)
+    _validate_memory(cfg)
     _validate_scheduler(cfg)
     if cfg.precision.get("dtype") not in PRECISIONS:
         raise ConfigError(
@@ -233,6 +234,22 @@ def _validate_finishing(cfg: DictConfig) -> None:
     value = cfg.output.get("loudness_lufs", -14.0)
     if not _is_number(value) or not -70.0 <= value <= 0.0:
         raise ConfigError("output.loudness_lufs", f"must be a number between -70 and 0 LUFS (got {value!r})")
+
+
+def _validate_memory(cfg: DictConfig) -> None:
+    if cfg.get("memory") is None:
+        return
+    _number(cfg, "memory.budget_gb", 0.0, strict=True, allow_none=True)
+    for key in (
+        "unet_batch_size",
+        "decode_batch_size",
+        "attention_chunk_size",
+        "vae_chunk_frames",
+        "vocoder_chunk_frames",
+    ):
+        _int(cfg, f"memory.{key}", 1, allow_none=True)
+    for key in ("vae_overlap_frames", "vocoder_overlap_frames"):
+        _int(cfg, f"memory.{key}", 0)
 
 
 def _validate_benchmark(cfg: DictConfig) -> None:

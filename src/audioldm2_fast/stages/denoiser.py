@@ -7,6 +7,7 @@ import inspect
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..chunking import run_in_sub_batches
 from ..geometry import audio_geometry
 from ..progress import progress_bar
 from ..schedulers import build_scheduler
@@ -56,18 +57,26 @@ class Denoiser(Stage):
         latents = latents * scheduler.init_noise_sigma
         step_kwargs = self._step_kwargs(scheduler, state)
         guidance = state.do_classifier_free_guidance
+        sub_batch = self.cfg.get("memory", {}).get("unet_batch_size")
 
         for t in progress_bar(scheduler.timesteps, cfg=self.cfg, desc="denoising", unit="step"):
             model_input = torch.cat([latents] * 2) if guidance else latents
             model_input = scheduler.scale_model_input(model_input, t)
-            noise_pred = unet(
+            noise_pred = run_in_sub_batches(
+                lambda x, c1, c2, m, t=t: unet(
+                    x,
+                    t,
+                    encoder_hidden_states=c1,
+                    encoder_hidden_states_1=c2,
+                    encoder_attention_mask_1=m,
+                    return_dict=False,
+                )[0],
+                sub_batch,
                 model_input,
-                t,
-                encoder_hidden_states=cond_gpt2,
-                encoder_hidden_states_1=cond_t5,
-                encoder_attention_mask_1=mask_t5,
-                return_dict=False,
-            )[0]
+                cond_gpt2,
+                cond_t5,
+                mask_t5,
+            )
             if guidance:
                 uncond, text = noise_pred.chunk(2)
                 noise_pred = uncond + state.guidance_scale * (text - uncond)

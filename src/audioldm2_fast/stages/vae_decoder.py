@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..chunking import chunked_along_time, run_in_sub_batches
 from ..state import GenerationState
 from .base import Stage
 from .registry import register_stage
@@ -20,5 +21,19 @@ class VaeDecoder(Stage):
     def __call__(self, state: GenerationState) -> GenerationState:
         vae = self.modules["vae"]
         latents = self.to_stage(state.latents) / vae.config.scaling_factor
-        state.mel = vae.decode(latents).sample
+        memory = self.cfg.get("memory") or {}
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        state.mel = run_in_sub_batches(
+            lambda rows: chunked_along_time(
+                lambda x: vae.decode(x).sample,
+                rows,
+                dim=2,
+                out_dim=2,
+                scale=factor,
+                chunk=memory.get("vae_chunk_frames"),
+                overlap=int(memory.get("vae_overlap_frames") or 0),
+            ),
+            memory.get("decode_batch_size"),
+            latents,
+        )
         return state

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from ..chunking import chunked_along_time, run_in_sub_batches
 from ..state import GenerationState
 from .base import Stage
 from .registry import register_stage
@@ -22,7 +24,21 @@ class Vocoder(Stage):
         mel = self.to_stage(state.mel)
         if mel.dim() == 4:
             mel = mel.squeeze(1)
-        waveforms = vocoder(mel).cpu().float()
+        memory = self.cfg.get("memory") or {}
+        waveforms = run_in_sub_batches(
+            lambda rows: chunked_along_time(
+                vocoder,
+                rows,
+                dim=1,
+                out_dim=1,
+                scale=int(np.prod(vocoder.config.upsample_rates)),
+                chunk=memory.get("vocoder_chunk_frames"),
+                overlap=int(memory.get("vocoder_overlap_frames") or 0),
+            ),
+            memory.get("decode_batch_size"),
+            mel,
+        )
+        waveforms = waveforms.cpu().float()
         # output.trim=false keeps the vocoder's whole output (the length rounded up to the latent grid).
         state.waveforms = waveforms[:, : state.waveform_length] if self.cfg.output.get("trim", True) else waveforms
         state.sample_rate = int(vocoder.config.sampling_rate)

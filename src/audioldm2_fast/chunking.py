@@ -1,0 +1,134 @@
+"""Long audio in bounded memory: the UNet batch in sub-batches, VAE decoding and vocoding in overlapping time chunks,
+and attention in query chunks.
+
+Time chunks use overlap-discard: each chunk is decoded with ``overlap`` extra frames of real context on both sides,
+and only its core is kept, so chunk edges see the same neighbourhood as in the whole-signal run. The HiFi-GAN vocoder
+is purely convolutional, so with an overlap wider than its receptive field the chunked output equals the whole one to
+float rounding. The VAE decoder is not exactly local (its GroupNorms and its mid-block attention see the whole
+length), so there the overlap bounds, rather than removes, the difference (README: long audio).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+
+def time_chunks(length: int, chunk: int, overlap: int) -> Iterator[tuple[int, int, int, int]]:
+    """``(start, end, core_start, core_end)`` windows over ``range(length)``: decode ``[start, end)``, keep
+    ``[core_start, core_end)``. Cores tile the range exactly once; windows add up to ``overlap`` on each side."""
+    if chunk <= 0 or overlap < 0:
+        raise ValueError(f"chunk must be positive and overlap non-negative (got {chunk}, {overlap})")
+    for core_start in range(0, length, chunk):
+        core_end = min(core_start + chunk, length)
+        yield max(0, core_start - overlap), min(length, core_end + overlap), core_start, core_end
+
+
+def chunked_along_time(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    *,
+    dim: int,
+    out_dim: int,
+    scale: int,
+    chunk: int | None,
+    overlap: int,
+) -> torch.Tensor:
+    """Apply ``fn`` to windows of ``x`` along ``dim`` and stitch the cores along ``out_dim`` of the outputs.
+
+    ``scale`` is how many output steps one input step becomes (the VAE's up-sampling factor, the vocoder's hop).
+    ``chunk=None`` (or a chunk no shorter than the input) is the plain call.
+    """
+    length = x.shape[dim]
+    if chunk is None or chunk >= length:
+        return fn(x)
+    pieces = []
+    for start, end, core_start, core_end in time_chunks(length, chunk, overlap):
+        out = fn(x.narrow(dim, start, end - start))
+        keep_from = (core_start - start) * scale
+        # The last core keeps whatever the model adds past the end (HiFi-GAN emits a few extra samples).
+        keep = out.shape[out_dim] - keep_from if core_end == length else (core_end - core_start) * scale
+        pieces.append(out.narrow(out_dim, keep_from, keep))
+    return torch.cat(pieces, dim=out_dim)
+
+
+def run_in_sub_batches(fn: Callable[..., torch.Tensor], size: int | None, *tensors: torch.Tensor) -> torch.Tensor:
+    """``fn(*tensors)`` over the leading dimension in sub-batches of ``size`` rows (all at once for ``None``)."""
+    rows = tensors[0].shape[0]
+    if size is None or size >= rows:
+        return fn(*tensors)
+    return torch.cat([fn(*(t[i : i + size] for t in tensors)) for i in range(0, rows, size)])
+
+
+class ChunkedAttnProcessor:
+    """SDPA attention with the queries in chunks of ``chunk_size``: peak memory of the attention scores falls from
+    O(queries x keys) to O(chunk_size x keys) for kernels that materialise them (math, and CPU), with the same result
+    (each query's softmax is over all keys in every chunk). Drop-in for diffusers' ``AttnProcessor2_0``."""
+
+    def __init__(self, chunk_size: int):
+        self.chunk_size = int(chunk_size)
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        *args,
+        **kwargs,
+    ) -> torch.Tensor:
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+        batch, sequence_length, _ = (
+            hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+        )
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch)
+            attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+
+        head_dim = key.shape[-1] // attn.heads
+        query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+
+        outputs = []
+        for i in range(0, query.shape[2], self.chunk_size):
+            mask = None
+            if attention_mask is not None:
+                mask = attention_mask if attention_mask.shape[2] == 1 else attention_mask[:, :, i : i + self.chunk_size]
+            outputs.append(
+                F.scaled_dot_product_attention(
+                    query[:, :, i : i + self.chunk_size], key, value, attn_mask=mask, dropout_p=0.0, is_causal=False
+                )
+            )
+        hidden_states = torch.cat(outputs, dim=2)
+        hidden_states = hidden_states.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
