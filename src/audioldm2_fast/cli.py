@@ -120,7 +120,8 @@ def check_overrides(argv: Sequence[str]) -> None:
         from .config import validate_config
 
         validate_config(cfg)
-        resolve_checkpoint(cfg.checkpoint)  # a missing checkpoint fails here, before Hydra creates a run dir
+        if cfg.task != "merge":
+            resolve_checkpoint(cfg.checkpoint)  # a missing checkpoint fails here, before Hydra creates a run dir
 
 
 def _fail(exc: Audioldm2FastError) -> None:
@@ -132,10 +133,18 @@ def run_task(cfg: DictConfig) -> dict:
     """One Hydra job: run the configured task and report it. Returns a summary for the sweep summary."""
     from hydra.core.hydra_config import HydraConfig
 
+    if cfg.task == "merge":
+        from .merge import run_merge
+
+        return run_merge(cfg)
     if cfg.output.get("dir") is None:
         cfg.output.dir = HydraConfig.get().runtime.output_dir
     if cfg.task == "benchmark":
         return _benchmark(cfg)
+    if cfg.get("prompts_file") is not None:
+        from .batch import run_batch
+
+        return run_batch(cfg)
     return _generate(cfg)
 
 
@@ -192,6 +201,7 @@ def _hydra_entry(cfg: DictConfig) -> dict | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    _quiet_libraries()  # again here: a launcher may run this job in a fresh process that never went through main()
     try:
         return run_task(cfg)
     except Audioldm2FastError as exc:

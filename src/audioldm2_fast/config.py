@@ -19,7 +19,7 @@ from .errors import ConfigError
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PRECISIONS = {*DTYPES, "auto"}
 FORMATS = {"wav": "WAV", "flac": "FLAC", "ogg": "OGG"}
-TASKS = ("generate", "benchmark")
+TASKS = ("generate", "benchmark", "merge")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda|cuda:\d+|meta)$")
 
 
@@ -136,11 +136,19 @@ def validate_config(cfg: DictConfig, probe: Probe = probe_device) -> None:
     """
     if cfg.get("task") not in TASKS:
         raise ConfigError("task", f"unknown task {cfg.get('task')!r}; choose one of {', '.join(TASKS)}")
+    if cfg.task == "merge":
+        from .merge import validate_merge_config
+
+        return validate_merge_config(cfg)
+    from .items import validate_batch_config
+
+    validate_batch_config(cfg)
     prompt = cfg.get("prompt")
-    if prompt is None:
-        raise ConfigError("prompt", 'required, e.g. prompt="rain on a tin roof"')
-    prompts = prompt_list(prompt)
-    negative_prompt_list(cfg.get("negative_prompt"), len(prompts))
+    if prompt is None and cfg.get("prompts_file") is None:
+        raise ConfigError("prompt", 'required, e.g. prompt="rain on a tin roof" (or prompts_file=prompts.txt)')
+    if prompt is not None:
+        prompts = prompt_list(prompt)
+        negative_prompt_list(cfg.get("negative_prompt"), len(prompts))
 
     _int(cfg, "seed", 0)
     if cfg.seed >= 2**63:

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..audio_io import EXTENSIONS, append_jsonl, prompt_slug, reserve_path, write_audio
 from ..errors import OutputError, StageError
+from ..items import manifest_name
 from ..state import GenerationState
 from .base import Stage
 from .registry import register_stage
@@ -36,18 +37,27 @@ class Writer(Stage):
         if bad:
             raise StageError(self.name, f"waveform(s) {bad} contain NaN or Inf; nothing was written for them")
         order = self._order(state)
-        for i in order:
+        manifest = out_dir / manifest_name(self.cfg)
+        pending: list[dict] = []
+        for k, i in enumerate(order):
             p = state.prompt_index(i)
-            slug = prompt_slug(state.prompts[p], self.cfg.output.name_max_length)
-            stem = f"{slug}_s{state.seed}_c{state.candidate_index(i)}"
+            if state.item_ids:  # batch runs: names that resume can find again
+                stem = f"{state.item_ids[p]}_c{state.candidate_index(i)}"
+            else:
+                slug = prompt_slug(state.prompts[p], self.cfg.output.name_max_length)
+                stem = f"{slug}_s{state.seed}_c{state.candidate_index(i)}"
             try:
                 path = reserve_path(out_dir, stem, EXTENSIONS[fmt])
                 write_audio(path, waveforms[i], state.sample_rate, fmt, subtype)
             except OSError as exc:
                 raise OutputError(f"output.dir: cannot write in {str(out_dir)!r}: {exc.strerror or exc}") from None
-            row = self._row(state, i, path, out_dir)
-            append_jsonl(out_dir / "manifest.jsonl", row)
-            state.records.append(row)
+            pending.append(self._row(state, i, path, out_dir))
+            if k + 1 == len(order) or state.prompt_index(order[k + 1]) != p:
+                # A prompt's rows go in only once all its files exist: a row means its prompt is complete.
+                for row in pending:
+                    append_jsonl(manifest, row)
+                state.records.extend(pending)
+                pending = []
         return state
 
     @staticmethod
@@ -65,7 +75,7 @@ class Writer(Stage):
             "prompt": state.prompts[p],
             "negative_prompt": state.negative_prompts[p] if state.negative_prompts else None,
             "prompt_index": p,
-            "seed": state.seed,
+            "seed": state.item_seeds[p] if state.item_seeds else state.seed,
             "candidate": state.candidate_index(i),
             "rank": int(state.ranks[i]) if state.ranks is not None else 1,
             "score": float(state.scores[i]) if state.scores is not None else None,
@@ -81,4 +91,5 @@ class Writer(Stage):
             "precision": cfg.precision.name,
             "stage_times_s": {k: round(v, 6) for k, v in state.timings.items()},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **({"item_id": state.item_ids[p]} if state.item_ids else {}),
         }
