@@ -155,3 +155,16 @@ def test_an_item_alone_and_in_a_batch_gives_the_same_audio(tmp_path):
     alone = generator.run(_state(generator, [short])).waveforms[0]
     padded = generator.run(_state(generator, [short, longer])).waveforms[0]
     assert np.abs(alone - padded).max() > 1e-3
+
+
+def test_a_failing_batch_is_counted_and_the_others_go_on(tmp_path, capsys):
+    from audioldm2_fast.errors import StageError
+
+    path = tmp_path / "p.txt"
+    path.write_text("rain\nnan here\nwind\n")
+    cfg = _cfg(tmp_path, path, "stages.vocoder.impl=batch_stages:NaNVocoder", "audio_length_s=0.32", "steps=2")
+    with pytest.raises(StageError, match="1 item"):
+        run_batch(cfg)
+    assert "items: 2 done, 0 skipped, 1 failed; 0.64 s of audio" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(r["prompt"] for r in rows) == ["rain", "wind"]
