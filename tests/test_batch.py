@@ -168,3 +168,6 @@ def test_a_failing_batch_is_counted_and_the_others_go_on(tmp_path, capsys):
     assert "items: 2 done, 0 skipped, 1 failed; 0.64 s of audio" in capsys.readouterr().out
     rows = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
     assert sorted(r["prompt"] for r in rows) == ["rain", "wind"]
+
+    with pytest.raises(ConfigError, match=r"output.dir: .*other settings \(steps: 2 -> 3\)"):
+        run_batch(_cfg(tmp_path, path, "stages.vocoder.impl=batch_stages:NaNVocoder", "audio_length_s=0.32", "steps=3"))

@@ -56,7 +56,7 @@ def test_a_killed_run_resumes_without_losing_or_duplicating_anything(tmp_path):
         {(item_id, c): 1 for item_id in {r["item_id"] for r in rows} for c in (0, 1)}
     )
     assert len(rows) == 8 and sorted(p.name for p in out.iterdir()) == sorted(
-        ["manifest.jsonl", *(r["path"] for r in rows)]
+        ["manifest.jsonl", "batch_settings.json", *(r["path"] for r in rows)]
     )
     assert (out / before[0]["path"]).read_bytes() == first  # the complete item was left alone
 

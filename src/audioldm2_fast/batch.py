@@ -21,13 +21,14 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from .errors import OutputError, StageError
+from .errors import ConfigError, OutputError, StageError
 from .items import Item, manifest_name, read_items, shard_items
 from .progress import progress_bar
 
 log = logging.getLogger(__name__)
 
 PROG = "audioldm2-fast"
+SETTINGS_FILE = "batch_settings.json"
 _FILE_RE = re.compile(r"^(?P<id>.+)_c(?P<c>\d+)(?:-\d+)?\.(?:wav|flac|ogg)$")
 _TEMP_RE = re.compile(r"^\.(?P<name>.+)\.[^.]+\.part$")
 
@@ -58,11 +59,20 @@ def write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def resume(out_dir: Path, manifest: Path, items: list[Item]) -> set[str]:
-    """The ids of this shard's complete items; clears what is left of its incomplete ones."""
+    """The ids of this shard's complete items; clears what is left of its incomplete ones.
+
+    Rows in the dir's other manifests (other shards, or an earlier run with another ``shard.count``) also count as
+    complete, and their files are never removed; only this shard's own manifest is rewritten.
+    """
     rows = read_manifest(manifest)
+    others = [
+        row
+        for path in sorted({*out_dir.glob("manifest.jsonl"), *out_dir.glob("manifest.shard-*.jsonl")} - {manifest})
+        for row in read_manifest(path)
+    ]
     mine = {item.id: item for item in items}
     by_item: dict[str, dict[int, dict[str, Any]]] = {}
-    for row in rows:
+    for row in rows + others:
         if row.get("item_id") in mine:
             by_item.setdefault(row["item_id"], {}).setdefault(int(row.get("candidate", 0)), row)
     complete = {
@@ -78,8 +88,53 @@ def resume(out_dir: Path, manifest: Path, items: list[Item]) -> set[str]:
         if dropped:
             log.warning("%s: dropping %d row(s) of incomplete items; they are regenerated", manifest, dropped)
         write_manifest(manifest, list(kept_unique.values()))
-    _remove_leftovers(out_dir, {r["path"] for r in kept_unique.values()}, set(mine), complete)
+    referenced = {r["path"] for r in [*kept_unique.values(), *others]}
+    _remove_leftovers(out_dir, referenced, set(mine), complete)
     return complete
+
+
+def batch_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The settings an item's audio depends on besides its own fields; a resumed run must use the same."""
+    from omegaconf import OmegaConf
+
+    from .schedulers import num_steps
+
+    ckpt = cfg.checkpoint
+    scheduler_config = cfg.scheduler.get("config")
+    keys = ("seed", "negative_prompt", "num_waveforms", "audio_length_s", "guidance_scale", "eta", "max_new_tokens")
+    return {
+        "checkpoint": str(ckpt.get("repo_id") or ckpt.get("path") or ckpt.name),
+        "scheduler": cfg.scheduler.name,
+        "scheduler.config": OmegaConf.to_container(scheduler_config, resolve=True) if scheduler_config else {},
+        "steps": num_steps(cfg),
+        **{key: cfg.get(key) for key in keys},
+        "precision": cfg.precision.name,
+        "output.format": cfg.output.format,
+        "output.subtype": cfg.output.get("subtype"),
+    }
+
+
+def check_settings(out_dir: Path, cfg: DictConfig) -> None:
+    """Record the settings in ``batch_settings.json``, or refuse to resume a run made with other ones."""
+    path = out_dir / SETTINGS_FILE
+    settings = json.loads(json.dumps(batch_settings(cfg)))
+    if path.is_file():
+        try:
+            recorded = json.loads(path.read_text())
+        except ValueError:
+            recorded = None
+        if isinstance(recorded, dict) and recorded != settings:
+            changed = [f"{k}: {recorded.get(k)!r} -> {v!r}" for k, v in settings.items() if recorded.get(k) != v]
+            raise ConfigError(
+                "output.dir",
+                f"{str(out_dir)!r} holds a batch run made with other settings ({'; '.join(changed)}); "
+                "resume it with its own settings, or use a new output.dir",
+            )
+        if isinstance(recorded, dict):
+            return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    tmp.write_text(json.dumps(settings, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def _has_torn_line(path: Path) -> bool:
@@ -150,6 +205,7 @@ def run_batch(cfg: DictConfig, generator: Any = None) -> dict[str, Any]:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"output.dir: cannot create {str(out_dir)!r}: {exc.strerror or exc}") from None
+    check_settings(out_dir, cfg)
     manifest = out_dir / manifest_name(cfg)
     complete = resume(out_dir, manifest, items)
     pending = [item for item in items if item.id not in complete]

@@ -115,6 +115,10 @@ def check_overrides(argv: Sequence[str]) -> None:
         if match:
             raise ConfigError(match.group(1), "unknown key (check the spelling; --cfg job lists every key)") from None
         raise ConfigError("", message) from None
+    if multirun and cfg.get("prompts_file") is not None:
+        from .items import read_items
+
+        read_items(cfg)  # a malformed prompts file fails once, before any job starts
     if not multirun:
         from .checkpoints.resolve import resolve_checkpoint
         from .config import validate_config

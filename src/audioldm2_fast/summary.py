@@ -130,4 +130,6 @@ class SweepSummary(Callback):
         if any(str(o).startswith("shard.index=") for o in config.hydra.overrides.task):
             from .merge import run_merge
 
-            run_merge(OmegaConf.create({"dir": str(config.hydra.sweep.dir)}))  # one manifest.jsonl for the shards
+            # One manifest.jsonl for the shards: in their shared output.dir, or else over the job dirs.
+            root = config.get("output", {}).get("dir") or config.hydra.sweep.dir
+            run_merge(OmegaConf.create({"dir": str(root)}))
