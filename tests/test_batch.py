@@ -171,3 +171,12 @@ def test_a_failing_batch_is_counted_and_the_others_go_on(tmp_path, capsys):
 
     with pytest.raises(ConfigError, match=r"output.dir: .*other settings \(steps: 2 -> 3\)"):
         run_batch(_cfg(tmp_path, path, "stages.vocoder.impl=batch_stages:NaNVocoder", "audio_length_s=0.32", "steps=3"))
+
+
+def test_a_name_that_collides_with_another_items_id_is_refused(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_text("wind\nrain\n")
+    rain_id = read_items(_cfg(tmp_path, path))[1].id
+    path.write_text(f"wind|{rain_id}\nrain\n")
+    with pytest.raises(ConfigError, match=f"line 2: item id '{rain_id}' is already used on line 1"):
+        read_items(_cfg(tmp_path, path))

@@ -210,6 +210,11 @@ def _make_items(cfg: DictConfig, checked: list[tuple[int, dict[str, Any]]]) -> l
                 num_waveforms=int(fields.get("num_waveforms", cfg.num_waveforms)),
             )
         )
+    first_line: dict[str, int] = {}
+    for item in items:
+        first = first_line.setdefault(item.id, item.line)
+        if first != item.line:
+            raise ConfigError("prompts_file", f"line {item.line}: item id {item.id!r} is already used on line {first}")
     return items
 
 
