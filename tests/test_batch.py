@@ -117,7 +117,8 @@ def _float_wavs(out_dir):
     return {(r["item_id"], r["candidate"]): sf.read(out_dir / r["path"], dtype="float32")[0] for r in rows}
 
 
-def test_an_item_alone_and_in_a_batch_gives_the_same_audio(tmp_path):
+@pytest.mark.parametrize("scheduler", ["dpmpp_2m", "euler_ancestral"])  # the second draws noise at every step
+def test_an_item_alone_and_in_a_batch_gives_the_same_audio(tmp_path, scheduler):
     from audioldm2_fast.batch import _state
     from audioldm2_fast.runner import Generator
 
@@ -128,7 +129,15 @@ def test_an_item_alone_and_in_a_batch_gives_the_same_audio(tmp_path):
         {"prompt": "church bells", "seed": 11},
     ]
     batch_file.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    cfg = _cfg(tmp_path, batch_file, "batch_size=3", "num_waveforms=2", "output.subtype=FLOAT", "audio_length_s=0.32")
+    cfg = _cfg(
+        tmp_path,
+        batch_file,
+        "batch_size=3",
+        "num_waveforms=2",
+        "output.subtype=FLOAT",
+        "audio_length_s=0.32",
+        f"scheduler={scheduler}",
+    )
     cfg.pipeline.chain = ["text_encoders", "prior", "denoiser", "vae_decoder", "vocoder", "writer"]  # no ranking
     generator = Generator(cfg)
     tokens = generator.store.get("tokenizer_2")

@@ -88,7 +88,10 @@ class LocalGPUsLauncher(Launcher):
                 if slot not in running and pending:
                     idx, overrides, payload = pending.pop(0)
                     cmd = [sys.executable, "-m", "hydra_plugins.audioldm2_fast_launcher.child", str(payload)]
-                    running[slot] = (subprocess.Popen(cmd, env=self.slot_env(slot)), idx, overrides, payload)
+                    env = self.slot_env(slot)
+                    if self.gpus:
+                        log.info(f"\t#{idx} starts with CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}")
+                    running[slot] = (subprocess.Popen(cmd, env=env), idx, overrides, payload)
             time.sleep(self.poll_s)
             for slot, (proc, idx, overrides, payload) in list(running.items()):
                 if proc.poll() is not None:
