@@ -198,7 +198,10 @@ def _state(generator: Any, batch: list[Item]):
 
 def run_batch(cfg: DictConfig, generator: Any = None) -> dict[str, Any]:
     """Generate every item of this shard that is not complete yet; print a final line whatever happens."""
+    from .config import validate_config
+
     t0 = time.perf_counter()
+    validate_config(cfg)  # a multirun job gets here unchecked; nothing below may see a bad value
     items = shard_items(read_items(cfg), int(cfg.shard.index), int(cfg.shard.count))
     out_dir = Path(str(cfg.output.dir)).expanduser()
     try:
