@@ -189,3 +189,24 @@ def test_a_name_that_collides_with_another_items_id_is_refused(tmp_path):
     path.write_text(f"wind|{rain_id}\nrain\n")
     with pytest.raises(ConfigError, match=f"line 2: item id '{rain_id}' is already used on line 1"):
         read_items(_cfg(tmp_path, path))
+
+
+def test_merge_keeps_each_item_candidate_once_and_can_run_again(tmp_path):
+    from audioldm2_fast.merge import merge_manifests
+
+    def write(path, rows):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    write(tmp_path / "0" / "manifest.shard-0-of-2.jsonl", [{"path": "a_c0.wav", "item_id": "a", "candidate": 0}])
+    write(
+        tmp_path / "1" / "manifest.shard-1-of-2.jsonl",
+        [{"path": "b_c0.wav", "item_id": "b", "candidate": 0}, {"path": "b_c1.wav", "item_id": "b", "candidate": 1}],
+    )
+    write(tmp_path / "manifest.shard-0-of-2.jsonl", [{"path": "a_c0.wav", "item_id": "a", "candidate": 0}])  # again
+    report = merge_manifests(tmp_path)
+    assert (report["rows"], report["items"], report["duplicates"], len(report["inputs"])) == (3, 2, 1, 3)
+    merged = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+    assert [r["path"] for r in merged] == ["0/a_c0.wav", "1/b_c0.wav", "1/b_c1.wav"]  # job dirs in order, then dir
+    assert merge_manifests(tmp_path)["rows"] == 3  # merging again reads its own output and adds nothing
+    assert (tmp_path / "manifest.jsonl").read_text().count("\n") == 3

@@ -45,6 +45,14 @@ def shard_manifests(root: Path) -> list[Path]:
     return sorted(found, key=order)
 
 
+def _relative(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` where it lies under it (it always does for our own rows), else absolute."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path.resolve())
+
+
 def merge_manifests(root: Path) -> dict[str, Any]:
     """Merge into ``root/manifest.jsonl``; returns the counts and the inputs."""
     inputs = shard_manifests(root)
@@ -52,7 +60,7 @@ def merge_manifests(root: Path) -> dict[str, Any]:
     duplicates = 0
     for manifest in [root / "manifest.jsonl", *inputs]:
         for row in read_manifest(manifest):
-            path = (manifest.parent / row["path"]).relative_to(root).as_posix()
+            path = _relative(manifest.parent / row["path"], root)
             row = {**row, "path": path}
             key = (row["item_id"], row.get("candidate")) if row.get("item_id") else ("", path)
             if key in merged:
