@@ -134,12 +134,16 @@ def check_overrides(argv: Sequence[str]) -> DictConfig | None:
         if match:
             raise ConfigError(match.group(1), "unknown key (check the spelling; --cfg job lists every key)") from None
         raise ConfigError("", message) from None
+    if multirun and cfg.get("prompts_file") is not None:
+        from .items import read_items
+
+        read_items(cfg)  # a malformed prompts file fails once, before any job starts
     if not multirun:
         from .checkpoints.resolve import resolve_checkpoint
         from .config import validate_config
 
         validate_config(cfg)
-        if cfg.task != "doctor":
+        if cfg.task not in ("doctor", "merge"):
             resolve_checkpoint(cfg.checkpoint)  # a missing checkpoint fails here, before Hydra creates a run dir
     return cfg
 
@@ -153,10 +157,18 @@ def run_task(cfg: DictConfig) -> dict:
     """One Hydra job: run the configured task and report it. Returns a summary for the sweep summary."""
     from hydra.core.hydra_config import HydraConfig
 
+    if cfg.task == "merge":
+        from .merge import run_merge
+
+        return run_merge(cfg)
     if cfg.output.get("dir") is None:
         cfg.output.dir = HydraConfig.get().runtime.output_dir
     if cfg.task == "benchmark":
         return _benchmark(cfg)
+    if cfg.get("prompts_file") is not None:
+        from .batch import run_batch
+
+        return run_batch(cfg)
     return _generate(cfg)
 
 
@@ -218,6 +230,7 @@ def _hydra_entry(cfg: DictConfig) -> dict | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    _quiet_libraries()  # again here: a launcher may run this job in a fresh process that never went through main()
     try:
         return run_task(cfg)
     except Audioldm2FastError as exc:

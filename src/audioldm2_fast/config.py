@@ -19,7 +19,7 @@ from .errors import ConfigError
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PRECISIONS = {*DTYPES, "auto"}
 FORMATS = {"wav": "WAV", "flac": "FLAC", "ogg": "OGG", "mp3": "MP3"}
-TASKS = ("generate", "benchmark", "doctor")
+TASKS = ("generate", "benchmark", "merge", "doctor")
 #: Longest prompt accepted, in characters. Tokenizers keep only their first tokens (README, "Prompts").
 MAX_PROMPT_CHARS = 10_000
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda|cuda:\d+|meta)$")
@@ -155,9 +155,16 @@ def validate_config(cfg: DictConfig, probe: Probe = probe_device) -> None:
     """
     if cfg.get("task") not in TASKS:
         raise ConfigError("task", f"unknown task {cfg.get('task')!r}; choose one of {', '.join(TASKS)}")
+    if cfg.task == "merge":
+        from .merge import validate_merge_config
+
+        return validate_merge_config(cfg)
+    from .items import validate_batch_config
+
+    validate_batch_config(cfg)
     prompt = cfg.get("prompt")
-    if prompt is None and cfg.task != "doctor":  # the doctor checks the environment: it needs no prompt
-        raise ConfigError("prompt", 'required, e.g. prompt="rain on a tin roof"')
+    if prompt is None and cfg.get("prompts_file") is None and cfg.task != "doctor":  # doctor needs no prompt
+        raise ConfigError("prompt", 'required, e.g. prompt="rain on a tin roof" (or prompts_file=prompts.txt)')
     if prompt is not None:
         prompts = prompt_list(prompt)
         negative_prompt_list(cfg.get("negative_prompt"), len(prompts))

@@ -149,7 +149,10 @@ class Generator:
 
     def generate(self, **request: Any) -> GenerationResult:
         """Run the chain once. Keyword arguments override request keys (prompt, negative_prompt, seed, ...)."""
-        state = self.new_state(**request)
+        return self.run(self.new_state(**request))
+
+    def run(self, state: GenerationState) -> GenerationResult:
+        """Run the chain once on a prepared state (``new_state``, possibly with per-item fields set)."""
         for stage in self.stages:
             t0 = time.perf_counter()
             self.offload.before(stage)

@@ -23,6 +23,10 @@ class GenerationState:
     audio_length_s: float | None
     max_new_tokens: int | None
     generator: torch.Generator
+    # Batch runs (prompts_file): per prompt, its item id and seed, and its own generator for its latents and noise.
+    item_ids: list[str] | None = None
+    item_seeds: list[int] | None = None
+    item_generators: list[torch.Generator] | None = None
 
     # text_encoders
     clap_embeds: torch.Tensor | None = None  # (P, 1, clap_dim) pooled CLAP text embedding

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 COLUMNS = [
     "job", "overrides", "status", "error", "e2e_s", "first_call_s", "load_s", "denoiser_s", "peak_allocated_mb",
@@ -130,3 +130,9 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         write_summary(Path(config.hydra.sweep.dir))
+        if any(str(o).startswith("shard.index=") for o in config.hydra.overrides.task):
+            from .merge import run_merge
+
+            # One manifest.jsonl for the shards: in their shared output.dir, or else over the job dirs.
+            root = config.get("output", {}).get("dir") or config.hydra.sweep.dir
+            run_merge(OmegaConf.create({"dir": str(root)}))

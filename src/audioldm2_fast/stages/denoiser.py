@@ -29,7 +29,9 @@ class Denoiser(Stage):
         if "eta" in params:
             kwargs["eta"] = state.eta
         if "generator" in params:
-            kwargs["generator"] = state.generator
+            # Per item: one generator per latent row, so each item's noise is drawn from its own stream.
+            per_row = [g for g in state.item_generators or () for _ in range(state.num_waveforms)]
+            kwargs["generator"] = per_row or state.generator
         return kwargs
 
     @torch.no_grad()
@@ -53,7 +55,16 @@ class Denoiser(Stage):
         scheduler = build_scheduler(self.cfg.scheduler, self.store.config("scheduler"))
         scheduler.set_timesteps(state.steps, device=self.device)
         shape = (state.batch_size * n, unet.config.in_channels, *geometry.latent_hw)
-        latents = randn_tensor(shape, generator=state.generator, device=self.device, dtype=self.dtype)
+        if state.item_generators:  # each item draws its candidates' latents from its own generator
+            item_shape = (n, *shape[1:])
+            latents = torch.cat(
+                [
+                    randn_tensor(item_shape, generator=g, device=self.device, dtype=self.dtype)
+                    for g in state.item_generators
+                ]
+            )
+        else:
+            latents = randn_tensor(shape, generator=state.generator, device=self.device, dtype=self.dtype)
         latents = latents * scheduler.init_noise_sigma
         step_kwargs = self._step_kwargs(scheduler, state)
         guidance = state.do_classifier_free_guidance

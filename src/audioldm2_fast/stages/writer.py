@@ -12,6 +12,7 @@ from ..audio_io import EXTENSIONS, append_jsonl, prompt_slug, reserve_path, writ
 from ..errors import OutputError
 from ..finishing import finish_audio, trim_record
 from ..finite import SILENCE_DBFS, is_silent
+from ..items import manifest_name
 from ..provenance import provenance, save_config
 from ..report import write_run_report
 from ..spectrogram import write_spectrogram
@@ -48,10 +49,15 @@ class Writer(Stage):
             cfg_hash = save_config(self.cfg, out_dir) if order else ""
         except OSError as exc:
             raise OutputError(f"output.dir: cannot write in {str(out_dir)!r}: {exc.strerror or exc}") from None
-        for i in order:
+        manifest = out_dir / manifest_name(self.cfg)
+        pending: list[dict] = []
+        for k, i in enumerate(order):
             p = state.prompt_index(i)
-            slug = prompt_slug(state.prompts[p], self.cfg.output.name_max_length)
-            stem = f"{slug}_s{state.seed}_c{state.candidate_index(i)}"
+            if state.item_ids:  # batch runs: names that resume can find again
+                stem = f"{state.item_ids[p]}_c{state.candidate_index(i)}"
+            else:
+                slug = prompt_slug(state.prompts[p], self.cfg.output.name_max_length)
+                stem = f"{slug}_s{state.seed}_c{state.candidate_index(i)}"
             try:
                 path = reserve_path(out_dir, stem, EXTENSIONS[fmt])
                 audio, finishing = finish_audio(waveforms[i], state.sample_rate, self.cfg.output)
@@ -66,8 +72,13 @@ class Writer(Stage):
                     row["spectrogram"] = write_spectrogram(out_dir, path, audio, state.sample_rate, row)
             except OSError as exc:
                 raise OutputError(f"output.dir: cannot write in {str(out_dir)!r}: {exc.strerror or exc}") from None
-            append_jsonl(out_dir / "manifest.jsonl", row)
-            state.records.append(row)
+            pending.append(row)
+            if k + 1 == len(order) or state.prompt_index(order[k + 1]) != p:
+                # A prompt's rows go in only once all its files exist: a row means its prompt is complete.
+                for done in pending:
+                    append_jsonl(manifest, done)
+                state.records.extend(pending)
+                pending = []
         if self.cfg.output.get("report", True):
             write_run_report(out_dir)
         return state
@@ -87,7 +98,7 @@ class Writer(Stage):
             "prompt": state.prompts[p],
             "negative_prompt": state.negative_prompts[p] if state.negative_prompts else None,
             "prompt_index": p,
-            "seed": state.seed,
+            "seed": state.item_seeds[p] if state.item_seeds else state.seed,
             "candidate": state.candidate_index(i),
             "rank": int(state.ranks[i]) if state.ranks is not None else 1,
             "score": float(state.scores[i]) if state.scores is not None else None,
@@ -103,4 +114,5 @@ class Writer(Stage):
             "precision": cfg.precision.name,
             "stage_times_s": {k: round(v, 6) for k, v in state.timings.items()},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **({"item_id": state.item_ids[p]} if state.item_ids else {}),
         }
