@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from audioldm2_fast.stages.denoiser import Denoiser
 from audioldm2_fast.stages.text_encoders import TextEncoders
 from audioldm2_fast.stages.vocoder import Vocoder
@@ -41,3 +43,12 @@ class SilentSecondVocoder(Vocoder):
         state = super().__call__(state)
         state.waveforms[1] = 0.0
         return state
+
+
+class OutOfMemoryVocoder(Vocoder):
+    """Fails as a CUDA allocation does when the device is full."""
+
+    def __call__(self, state):
+        raise torch.OutOfMemoryError(
+            "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 8 GiB"
+        )

@@ -52,3 +52,13 @@ class EnvironmentProblem(Audioldm2FastError):
     """The installed environment cannot run the default settings (``task=doctor`` reports why)."""
 
     exit_code = 6
+
+
+class OutOfMemory(Audioldm2FastError):
+    """A stage ran out of accelerator memory; the message says where and what to try."""
+
+    exit_code = 7
+
+    def __init__(self, stage: str, device: str, detail: str, hints: str):
+        super().__init__(f"stage {stage} ran out of memory on {device} ({detail}); try {hints}")
+        self.stage = stage

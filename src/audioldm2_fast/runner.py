@@ -157,8 +157,13 @@ class Generator:
             t0 = time.perf_counter()
             self.offload.before(stage)
             before = tensor_fields(state)
-            with attention_context(self.cfg, stage.name):
-                state = stage(state)
+            try:
+                with attention_context(self.cfg, stage.name):
+                    state = stage(state)
+            except torch.OutOfMemoryError as exc:
+                from .oom import describe_oom
+
+                raise describe_oom(exc, stage.name, stage.device, self.cfg) from None
             for item in check_stage_output(state, stage.name, before):
                 log.error("%s", describe(state, item))
             _synchronize(stage.device)
