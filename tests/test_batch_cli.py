@@ -50,13 +50,17 @@ def test_a_killed_run_resumes_without_losing_or_duplicating_anything(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert "1 skipped" in _final_line(resumed.stdout) and "3 done" in _final_line(resumed.stdout)
     assert "dropping 1 row(s) of incomplete items" in resumed.stdout  # Hydra logs to stdout
-    assert resumed.stdout.count("left by an interrupted run") == 2
+    assert resumed.stdout.count("left by an interrupted run") == 4  # two audio files and their spectrograms
     rows = _rows(out / "manifest.jsonl")
     assert Counter((r["item_id"], r["candidate"]) for r in rows) == Counter(
         {(item_id, c): 1 for item_id in {r["item_id"] for r in rows} for c in (0, 1)}
     )
-    assert len(rows) == 8 and sorted(p.name for p in out.iterdir()) == sorted(
-        ["manifest.jsonl", "batch_settings.json", *(r["path"] for r in rows)]
+    config_yaml = {p.name for p in out.glob("config-*.yaml")}
+    assert len(rows) == 8 and len(config_yaml) == 2  # the killed run had another writer stage: another config
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["manifest.jsonl", "batch_settings.json", "report.html", *config_yaml]
+        + [r["path"] for r in rows]
+        + [r["spectrogram"] for r in rows]
     )
     assert (out / before[0]["path"]).read_bytes() == first  # the complete item was left alone
 

@@ -131,13 +131,18 @@ def test_out_of_memory_is_one_line_naming_stage_and_remedies(tmp_path):
 
 
 def _peak_rss_growth_mb(*overrides: str) -> float:
+    """Peak RSS during one generate call above the RSS before it, in a fresh process (loading excluded: the kernel's
+    high-water mark is reset after the model loads, through /proc/self/clear_refs)."""
     script = (
-        "import resource, sys\n"
+        "import re, sys\n"
         "from audioldm2_fast.runner import compose_config, Generator\n"
+        "def status(key):\n"
+        "    return int(re.search(key + r':\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
         "g = Generator(compose_config(sys.argv[1:]))\n"
-        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "open('/proc/self/clear_refs', 'w').write('5')\n"
+        "before = status('VmRSS')\n"
         "g.generate()\n"
-        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)\n"
+        "print((status('VmHWM') - before) / 1024)\n"
     )
     args = ["checkpoint=tiny", "prompt=rain", "steps=2", "progress=false", NO_WRITER, *overrides]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -156,6 +161,7 @@ LONG_AUDIO_MEMORY = [
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's resettable peak RSS")
 def test_sixty_seconds_on_cpu_run_in_bounded_memory():
     """With the memory options, 60 s costs about as much peak memory as 10 s; without them it costs far more."""
     short = _peak_rss_growth_mb("audio_length_s=10", *LONG_AUDIO_MEMORY)
@@ -163,3 +169,89 @@ def test_sixty_seconds_on_cpu_run_in_bounded_memory():
     unbounded = _peak_rss_growth_mb("audio_length_s=60")
     assert long <= 1.5 * short + 48, (short, long)
     assert unbounded > long + 100, (long, unbounded)
+
+
+# ------------------------------------------------------------------------------------------------ memory.budget_gb
+
+
+def _work(**overrides):
+    from audioldm2_fast.budget import Workload
+
+    base = dict(  # the published base model, 4 x 150 s with guidance, fp16 on CUDA
+        unet_rows=8,
+        waveforms=4,
+        latent_tokens=3750 * 16,
+        unet_channels=128,
+        attention_heads=8,
+        mel_frames=15000,
+        mel_bins=64,
+        vae_channels=128,
+        vae_factor=4,
+        hop=160,
+        vocoder_channels=32,
+        dtype_bytes={"denoiser": 2, "vae_decoder": 4, "vocoder": 4},
+        weight_bytes={
+            "text_encoders": 1_200_000_000,
+            "prior": 700_000_000,
+            "denoiser": 700_000_000,
+            "vae_decoder": 200_000_000,
+            "vocoder": 220_000_000,
+        },
+        kernel_attention=True,
+    )
+    return Workload(**{**base, **overrides})
+
+
+def _plan(budget, *overrides, work=None, on_accelerator=True, allowed=None):
+    from audioldm2_fast.budget import plan_memory
+
+    cfg = compose_config(["checkpoint=tiny", "prompt=x", f"memory.budget_gb={budget}", *overrides])
+    return plan_memory(cfg, work or _work(), on_accelerator, allowed)
+
+
+def test_smaller_budgets_take_more_of_the_ladder_and_each_fits():
+    chosen = []
+    for budget in (1000, 24, 12, 8, 4, 2):
+        label, settings, offload, estimate = _plan(budget)
+        chosen.append((label, offload))
+        if label != "sequential offload":
+            assert estimate <= budget
+    labels = [c[0] for c in chosen]
+    assert labels[0] == "nothing" and chosen[0][1] == "none"
+    order = [
+        "nothing",
+        "decoder one waveform at a time",
+        "guidance halves one after the other",
+        "one waveform per UNet call",
+        "vocoder and attention in chunks",
+        "model offload",
+        "VAE decoder in chunks (approximate)",
+        "sequential offload",
+    ]
+    ranks = [order.index(label) for label in labels]
+    assert ranks == sorted(ranks) and len(set(ranks)) > 3  # monotone, and the budgets really differ
+
+
+def test_budget_keeps_user_settings_and_skips_refused_offload():
+    _, settings, _, _ = _plan(2, "memory.decode_batch_size=2")
+    assert "decode_batch_size" not in settings  # the user's value stays
+    label, _, offload, _ = _plan(3, allowed=lambda mode: mode != "model")
+    assert offload != "model" and label != "model offload"
+    _, _, offload, _ = _plan(0.5, on_accelerator=False)
+    assert offload == "none"  # no offload without an accelerator
+
+
+def test_without_a_budget_nothing_changes_and_a_tiny_budget_plans_everything(make_generator, caplog):
+    common = ["prompt=rain", "num_waveforms=2", "audio_length_s=4.0", "steps=2", NO_WRITER]
+    plain_gen = make_generator(*common)
+    assert all(v is None for k, v in plain_gen.cfg.memory.items() if not k.endswith("_overlap_frames"))
+    plain = plain_gen.generate().waveforms
+    roomy = make_generator(*common, "memory.budget_gb=100")
+    assert np.array_equal(roomy.generate().waveforms, plain)
+    with caplog.at_level("INFO", logger="audioldm2_fast.budget"):
+        tight = make_generator(*common, "memory.budget_gb=0.001")
+    assert tight.cfg.memory.unet_batch_size == 1 and tight.cfg.memory.vae_chunk_frames == 256
+    assert tight.cfg.offload.mode == "none"  # on the CPU
+    assert "no setting fits" in caplog.text
+    out = tight.generate().waveforms
+    assert out.shape == plain.shape and np.isfinite(out).all()

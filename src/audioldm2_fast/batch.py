@@ -14,6 +14,7 @@ import os
 import re
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from .errors import ConfigError, OutputError, StageError
+from .errors import ConfigError, OutOfMemory, OutputError, StageError
 from .items import Item, manifest_name, read_items, shard_items
 from .progress import progress_bar
 
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 
 PROG = "audioldm2-fast"
 SETTINGS_FILE = "batch_settings.json"
-_FILE_RE = re.compile(r"^(?P<id>.+)_c(?P<c>\d+)(?:-\d+)?\.(?:wav|flac|ogg)$")
+_FILE_RE = re.compile(r"^(?P<id>.+)_c(?P<c>\d+)(?:-\d+)?\.(?:wav|flac|ogg|mp3|png)$")  # audio and its spectrogram
 _TEMP_RE = re.compile(r"^\.(?P<name>.+)\.[^.]+\.part$")
 
 
@@ -88,7 +89,8 @@ def resume(out_dir: Path, manifest: Path, items: list[Item]) -> set[str]:
         if dropped:
             log.warning("%s: dropping %d row(s) of incomplete items; they are regenerated", manifest, dropped)
         write_manifest(manifest, list(kept_unique.values()))
-    referenced = {r["path"] for r in [*kept_unique.values(), *others]}
+    rows = [*kept_unique.values(), *others]
+    referenced = {r["path"] for r in rows} | {r["spectrogram"] for r in rows if r.get("spectrogram")}
     _remove_leftovers(out_dir, referenced, set(mine), complete)
     return complete
 
@@ -227,12 +229,19 @@ def run_batch(cfg: DictConfig, generator: Any = None) -> dict[str, Any]:
                 for batch in batches:
                     try:
                         result = generator.run(_state(generator, batch))
-                    except (StageError, torch.OutOfMemoryError) as exc:
+                    except (StageError, OutOfMemory, torch.OutOfMemoryError) as exc:
                         counts["failed"] += len(batch)
                         failed_ids += [item.id for item in batch]
                         log.error("items %s failed: %s", ", ".join(i.id for i in batch), exc)
                     else:
-                        counts["done"] += len(batch)
+                        # Items with a dropped (non-finite) waveform are incomplete: failed now, redone on resume.
+                        written = Counter(r["prompt_index"] for r in result.records)
+                        for index, item in enumerate(batch):
+                            if written[index] == result.num_waveforms:
+                                counts["done"] += 1
+                            else:
+                                counts["failed"] += 1
+                                failed_ids.append(item.id)
                         audio_s += sum(r["audio_length_s"] for r in result.records)
                     bar.update(len(batch))
     finally:

@@ -94,14 +94,21 @@ class Generator:
             cls = resolve_stage_class(cfg.stages[name].impl, key=f"stages.{name}.impl")
             device, dtype = stage_placement(cfg, name)
             self.stages.append(cls(name, device, dtype, self.store, cfg))
-        offloading = cfg.offload.mode != "none"
+        budget = (cfg.get("memory") or {}).get("budget_gb") is not None
+        # Never hold a whole model on the accelerator before the offload policy (or a budget's plan) places it.
+        offloading = cfg.offload.mode != "none" or budget
         silence_library_bars()
         bar = progress_bar(self.stages, cfg=cfg, desc="loading", unit="stage")
         for stage in bar:
             bar.set_postfix_str(stage.name)
-            if offloading:  # never hold a whole model on the accelerator before the offload policy places it
+            if offloading:
                 stage.load_device = torch.device(cfg.offload.get("offload_device", "cpu"))
             stage.setup()
+        if budget:
+            from .budget import plan_for_generator
+
+            plan_for_generator(cfg, self.stages)
+        for stage in self.stages:
             apply_attention_processors(stage, cfg)
         self.offload = make_offload(cfg.offload, self.stages)
         self.offload.setup()
