@@ -196,17 +196,9 @@ def plan_for_generator(cfg: DictConfig, stages: list[Stage]) -> None:
     """Plan ``memory.budget_gb`` for a Generator's loaded (not yet placed) stages, apply it to ``cfg`` and log it."""
     from .compat import check_combinations
     from .config import prompt_list
-    from .geometry import audio_geometry
 
     denoiser = next(s for s in stages if s.name == "denoiser")
-    unet = denoiser.modules["unet"]
-    geometry = audio_geometry(
-        cfg.audio_length_s,
-        denoiser.store.config("vocoder"),
-        denoiser.store.config("vae"),
-        unet.config,
-        length_bucket_s=cfg.compile.get("length_bucket_s"),
-    )
+    geometry = denoiser.geometry(cfg.audio_length_s)
     num_prompts = len(prompt_list(cfg.prompt)) if cfg.get("prompt") is not None else int(cfg.get("batch_size") or 1)
     work = workload(cfg, stages, geometry, num_prompts)
 

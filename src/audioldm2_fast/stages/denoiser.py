@@ -8,7 +8,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..chunking import run_in_sub_batches
-from ..geometry import audio_geometry
+from ..geometry import AudioGeometry, audio_geometry
 from ..progress import progress_bar
 from ..schedulers import build_scheduler
 from ..state import GenerationState
@@ -34,16 +34,20 @@ class Denoiser(Stage):
             kwargs["generator"] = per_row or state.generator
         return kwargs
 
+    def geometry(self, audio_length_s: float | None) -> AudioGeometry:
+        """Frames, latent shape and kept samples for a requested length (with ``compile.length_bucket_s``)."""
+        return audio_geometry(
+            audio_length_s,
+            self.store.config("vocoder"),
+            self.store.config("vae"),
+            self.modules["unet"].config,
+            length_bucket_s=self.cfg.compile.get("length_bucket_s"),
+        )
+
     @torch.no_grad()
     def __call__(self, state: GenerationState) -> GenerationState:
         unet = self.modules["unet"]
-        geometry = audio_geometry(
-            state.audio_length_s,
-            self.store.config("vocoder"),
-            self.store.config("vae"),
-            unet.config,
-            length_bucket_s=self.cfg.compile.get("length_bucket_s"),
-        )
+        geometry = self.geometry(state.audio_length_s)
         state.waveform_length = geometry.waveform_length
 
         n = state.num_waveforms
