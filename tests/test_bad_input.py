@@ -101,6 +101,18 @@ CASES = [
     ("doctor-bad-value", ["task=doctor", "steps=0"], 2, "steps"),
     ("doctor-in-a-sweep", ["-m", "task=generate,doctor", "checkpoint=tiny", "prompt=x"], 2, "without -m"),
     pytest.param("ckpt-unreadable", local("{unreadable}"), 2, "checkpoint.path", marks=ROOT_SKIP),
+    # Prompt files.
+    ("pf-missing", ["checkpoint=tiny", "prompts_file={missing}.txt"], 2, "prompts_file"),
+    ("pf-a-directory", ["checkpoint=tiny", "prompts_file={empty}"], 2, "prompts_file"),
+    ("pf-unknown-suffix", ["checkpoint=tiny", "prompts_file={file}"], 2, "prompts_file"),
+    ("pf-empty", ["checkpoint=tiny", "prompts_file={pf_empty.txt}"], 2, "prompts_file"),
+    ("pf-bad-json-line", ["checkpoint=tiny", "prompts_file={pf_bad.jsonl}"], 2, "line 2"),
+    ("pf-csv-no-prompt-column", ["checkpoint=tiny", "prompts_file={pf_nocol.csv}"], 2, "prompt"),
+    ("pf-csv-bad-seed", ["checkpoint=tiny", "prompts_file={pf_seed.csv}"], 2, "line 3"),
+    ("pf-with-prompt", ["checkpoint=tiny", "prompt=x", "prompts_file={pf_ok.txt}"], 2, "prompts_file"),
+    ("pf-batch_size-0", ["checkpoint=tiny", "prompts_file={pf_ok.txt}", "batch_size=0"], 2, "batch_size"),
+    ("pf-shard-index-out-of-range", ["checkpoint=tiny", "prompts_file={pf_ok.txt}", "shard.count=2", "shard.index=2"],
+     2, "shard.index"),
     # Output directories.
     ("out-is-file", ["checkpoint=tiny", "prompt=rain", "output.dir={file}"], 2, "not a directory"),
     ("out-under-a-file", ["checkpoint=tiny", "prompt=rain", "output.dir={file}/sub"], 2, "is a file"),
@@ -152,6 +164,11 @@ def paths(tmp_path_factory, tiny_dir) -> dict[str, str]:
     (root / "cfgdir" / "experiment").mkdir(parents=True)
     (root / "cfgdir" / "experiment" / "bad.yaml").write_text("# @package _global_\nsteps: -5\n")
     (root / "cfgdir" / "experiment" / "broken.yaml").write_text("steps: [1\n")
+    (root / "pf_empty.txt").write_text("\n# only a comment\n")
+    (root / "pf_bad.jsonl").write_text('{"prompt": "rain"}\n{"prompt": "wind"\n')
+    (root / "pf_nocol.csv").write_text("text,seed\nrain,1\n")
+    (root / "pf_seed.csv").write_text("prompt,seed\nrain,1\nwind,minus one\n")
+    (root / "pf_ok.txt").write_text("rain\nwind\n")
     for name in ("unreadable", "readonly"):
         (root / name).mkdir()
     (root / "unreadable").chmod(0o000)
