@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from .audio_io import write_bytes
 from .errors import ConfigError, OutOfMemory, OutputError, StageError
 from .items import Item, manifest_name, read_items, shard_items
 from .progress import progress_bar
@@ -134,9 +135,7 @@ def check_settings(out_dir: Path, cfg: DictConfig) -> None:
             )
         if isinstance(recorded, dict):
             return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    tmp.write_text(json.dumps(settings, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_bytes(path, (json.dumps(settings, indent=2) + "\n").encode())
 
 
 def _has_torn_line(path: Path) -> bool:
@@ -244,6 +243,10 @@ def run_batch(cfg: DictConfig, generator: Any = None) -> dict[str, Any]:
                                 failed_ids.append(item.id)
                         audio_s += sum(r["audio_length_s"] for r in result.records)
                     bar.update(len(batch))
+            if counts["done"] and cfg.output.get("report", True) and "writer" in cfg.pipeline.chain:
+                from .report import write_run_report
+
+                write_run_report(out_dir)  # once per run: rebuilding it per batch would reread the whole manifest
     finally:
         wall = time.perf_counter() - t0
         shard = f" (shard {cfg.shard.index} of {cfg.shard.count})" if cfg.shard.count > 1 else ""

@@ -236,12 +236,10 @@ def run_benchmark(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     if not cfg.benchmark.get("save", True):
         report["path"] = None
         return report
-    from .audio_io import reserve_path
+    from .audio_io import reserve_path, write_bytes
 
     output_dir.mkdir(parents=True, exist_ok=True)
     path = reserve_path(output_dir, "benchmark", ".json")  # never replaces an earlier report
-    tmp = path.with_suffix(".json.part")
-    tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    write_bytes(path, (json.dumps(report, indent=2, default=str) + "\n").encode())
     report["path"] = str(path)
     return report

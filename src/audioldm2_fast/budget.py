@@ -105,7 +105,7 @@ def _ladder(work: Workload, on_accelerator: bool) -> list[tuple[str, dict[str, A
 
     def add(label: str, settings: dict[str, Any], offload: str | None = None) -> None:
         current.update(settings)
-        steps.append((label, dict(current), offload or (steps[-1][2] if steps else None)))
+        steps.append((label, dict(current), offload or steps[-1][2]))
 
     add("decoder one waveform at a time", {"decode_batch_size": 1})
     if work.unet_rows > work.waveforms:
@@ -196,6 +196,7 @@ def plan_for_generator(cfg: DictConfig, stages: list[Stage]) -> None:
     """Plan ``memory.budget_gb`` for a Generator's loaded (not yet placed) stages, apply it to ``cfg`` and log it."""
     from .compat import check_combinations
     from .config import prompt_list
+    from .devices import probe_device
 
     denoiser = next(s for s in stages if s.name == "denoiser")
     geometry = denoiser.geometry(cfg.audio_length_s)
@@ -208,7 +209,7 @@ def plan_for_generator(cfg: DictConfig, stages: list[Stage]) -> None:
             trial.offload.mode = mode
             trial.offload.setdefault("offload_device", "cpu")
         try:
-            check_combinations(trial, _probe())
+            check_combinations(trial, probe_device)
         except ConfigError:
             return False
         return True
@@ -224,9 +225,3 @@ def plan_for_generator(cfg: DictConfig, stages: list[Stage]) -> None:
         offload,
         estimate,
     )
-
-
-def _probe():
-    from .devices import probe_device
-
-    return probe_device

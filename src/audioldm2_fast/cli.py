@@ -264,8 +264,9 @@ def _quiet_libraries() -> None:
     import diffusers
     import transformers
 
+    from .progress import silence_library_bars
+
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
-    transformers.utils.logging.disable_progress_bar()
+    silence_library_bars()
     transformers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
     diffusers.utils.logging.set_verbosity_error()

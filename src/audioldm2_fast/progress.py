@@ -7,7 +7,7 @@ Every bar in the package goes through :func:`progress_bar`, so one switch (``pro
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig
@@ -45,11 +45,6 @@ def progress_bar(
         dynamic_ncols=True,
         **kwargs,
     )
-
-
-def iterate(iterable: Iterable[T], *, cfg: DictConfig | None = None, desc: str = "", **kwargs: Any) -> Iterator[T]:
-    """Iterate with a bar when enabled."""
-    yield from progress_bar(iterable, cfg=cfg, desc=desc, **kwargs)
 
 
 def silence_library_bars() -> None:

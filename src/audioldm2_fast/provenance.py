@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata as metadata
-import os
 import platform
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from .audio_io import write_bytes
 
 LIBRARIES = ("torch", "diffusers", "transformers", "hydra-core", "omegaconf", "numpy", "soundfile", "safetensors")
 
@@ -55,9 +56,7 @@ def save_config(cfg: DictConfig, out_dir: Path) -> str:
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
     path = out_dir / f"config-{digest[:12]}.yaml"
     if not path.exists():
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        write_bytes(path, text.encode("utf-8"))
     return digest
 
 

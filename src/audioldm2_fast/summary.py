@@ -10,23 +10,18 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from .audio_io import write_bytes
+
 COLUMNS = [
     "job", "overrides", "status", "error", "e2e_s", "first_call_s", "load_s", "denoiser_s", "peak_allocated_mb",
     "peak_rss_mb", "reference_ratio", "reference_max_abs_diff", "outputs",
 ]  # fmt: skip
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    tmp.write_bytes(data)
-    tmp.replace(path)
 
 
 def job_row(num: int, overrides: list[str], status: str, value: Any) -> dict[str, Any]:
@@ -69,13 +64,13 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_write(sweep_dir / "summary.csv", buf.getvalue().encode())
+    write_bytes(sweep_dir / "summary.csv", buf.getvalue().encode())
 
     done = sum(r["status"] == "COMPLETED" for r in rows)
     lines = [f"# Sweep summary: {done} of {len(rows)} job(s) completed", "", "| " + " | ".join(COLUMNS) + " |"]
     lines.append("|" + "---|" * len(COLUMNS))
     lines += ["| " + " | ".join(_fmt(r.get(c)) for c in COLUMNS) + " |" for r in rows]
-    _atomic_write(sweep_dir / "summary.md", ("\n".join(lines) + "\n").encode())
+    write_bytes(sweep_dir / "summary.md", ("\n".join(lines) + "\n").encode())
     _plot(rows, sweep_dir / "summary.png")
     from .report import write_sweep_report
 
@@ -109,7 +104,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    _atomic_write(path, buf.getvalue())
+    write_bytes(path, buf.getvalue())
 
 
 class SweepSummary(Callback):
@@ -125,7 +120,7 @@ class SweepSummary(Callback):
         value = job_return._return_value  # the exception when the job failed; reading .return_value would raise
         row = job_row(hc.job.num, list(job_return.overrides or []), job_return.status.name, value)
         job_dir = Path(hc.runtime.output_dir)
-        _atomic_write(job_dir / "job.json", (json.dumps(row, default=str) + "\n").encode())
+        write_bytes(job_dir / "job.json", (json.dumps(row, default=str) + "\n").encode())
         write_summary(Path(hc.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

@@ -79,7 +79,7 @@ class Writer(Stage):
                     append_jsonl(manifest, done)
                 state.records.extend(pending)
                 pending = []
-        if self.cfg.output.get("report", True):
+        if self.cfg.output.get("report", True) and not state.item_ids:  # batch runs write it once, at their end
             write_run_report(out_dir)
         return state
 
