@@ -1,18 +1,20 @@
 """``memory.budget_gb``: choose the cheapest memory settings whose estimated peak fits the budget.
 
-Options are tried from cheapest to dearest, each adding to the one before: exact ones first (decoder sub-batches,
-guidance halves one after the other, one waveform per UNet call, vocoder and attention chunks), then model offload,
-then approximate VAE chunks, then sequential offload. Settings the user gave explicitly are never changed. The peak is
-an estimate: the weights resident on the device plus the largest stage's activations, from the latent and mel shapes
-and per-architecture activation factors (README: long audio). Without a budget nothing here runs.
-"""
+Options are tried from cheapest to dearest, each kept only if it lowers the estimate: exact ones first (decoder
+sub-batches, guidance halves one after the other, one waveform per UNet call, vocoder chunks, attention chunks), then
+model offload, then approximate VAE chunks, then sequential offload; an offload that a later step made unnecessary is
+dropped again. Settings the user gave explicitly are never changed. The peak is an estimate: the weights resident on
+the device plus the largest stage's activations, traced on ``meta`` twins of the modules at the request's exact
+shapes (``memtrace``), times a margin for kernel workspaces on an accelerator (README: long audio). Without a budget
+nothing here runs."""
 
 from __future__ import annotations
 
 import copy
 import logging
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -27,30 +29,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GIB = 2**30
-# Live activation bytes per element of the stage's widest feature map; conservative upper estimates.
-UNET_FACTOR = 48  # resnet + transformer blocks keep skip connections of every level alive
-VAE_FACTOR = 6  # up blocks at full mel resolution: input, norm, conv output and the skip
-VOCODER_FACTOR = 8  # multi-receptive-field residual blocks at each up-sampling rate
+# Traced activation bytes x this on an accelerator: kernel workspaces (cuDNN convolutions above all) and allocator
+# rounding, which a trace of tensor storages does not see. Calibrated on the stock pipeline's measured peaks for
+# 4 x 150 s on the base model (11.7 GB without offload, 9.5 GB with model offload; README: long audio).
+ACCELERATOR_MARGIN = 1.75
+T5_TOKENS = 128  # the T5 tokenizer's limit: the longest prompt the UNet's second cross-attention sees
+FUSED_BACKENDS = ("sdpa", "flash", "efficient", "cudnn", "xformers")
 
 
 @dataclass
 class Workload:
-    """What one call asks of the device, independent of memory settings."""
+    """What one call asks of the device: its batch and the weights and activation peaks of its stages."""
 
     unet_rows: int  # prompts x candidates x (2 with guidance)
     waveforms: int  # prompts x candidates
-    latent_tokens: int  # latent height x width
-    unet_channels: int  # the UNet's first block width
-    attention_heads: int
-    mel_frames: int
-    mel_bins: int
-    vae_channels: int  # the VAE decoder's block at full mel resolution (its narrowest)
-    vae_factor: int  # latent frames -> mel frames
-    hop: int  # mel frames -> samples
-    vocoder_channels: int  # channels at the output rate; every up-sampling level holds hop x this per mel frame
-    dtype_bytes: dict[str, int] = field(default_factory=dict)  # per stage
-    weight_bytes: dict[str, int] = field(default_factory=dict)  # per stage (shared modules counted once)
-    kernel_attention: bool = False  # CUDA SDPA kernels never hold the attention scores
+    weight_bytes: dict[str, int]  # per stage on the planned device (shared modules counted once)
+    activations: Callable[[str, Mapping[str, Any]], float]  # (stage, memory settings) -> peak bytes, margin included
 
 
 def stage_weight_bytes(stages: list[Stage]) -> dict[str, int]:
@@ -68,87 +62,225 @@ def stage_weight_bytes(stages: list[Stage]) -> dict[str, int]:
     return sizes
 
 
-def estimate_peak_bytes(work: Workload, memory: dict[str, Any], offload: str) -> float:
+def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    return math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+
+
+class ActivationTracer:
+    """Activation peaks of the denoiser, VAE decoder and vocoder for one request, traced on ``meta`` twins of their
+    modules (``memtrace``) and memoised per setting.
+
+    Sub-batches and time chunks run one after another, so one call on the largest sub-batch and window is traced,
+    plus the outputs that pile up before they are concatenated (twice the full output: the pieces and the result).
+    ``test_memory`` checks this against a trace of the stages' own chunked code.
+    """
+
+    def __init__(
+        self,
+        geometry: AudioGeometry,
+        unet_rows: int,
+        waveforms: int,
+        unet: torch.nn.Module | None = None,
+        vae: torch.nn.Module | None = None,
+        vocoder: torch.nn.Module | None = None,
+        dtypes: Mapping[str, torch.dtype] | None = None,
+        fused: Mapping[str, bool] | None = None,
+        margin: Mapping[str, float] | None = None,
+    ):
+        from .memtrace import meta_twin
+
+        dtypes = dtypes or {}
+        self.geometry, self.unet_rows, self.waveforms = geometry, unet_rows, waveforms
+        self.dtypes = {name: dtypes.get(name, torch.float32) for name in ("denoiser", "vae_decoder", "vocoder")}
+        self.modules = {
+            name: meta_twin(module, self.dtypes[name])
+            for name, module in (("denoiser", unet), ("vae_decoder", vae), ("vocoder", vocoder))
+            if module is not None
+        }
+        self.fused = dict(fused or {})
+        self.margin = dict(margin or {})
+        self._cache: dict[tuple, int] = {}
+
+    def __call__(self, stage: str, memory: Mapping[str, Any]) -> float:
+        if stage not in self.modules:
+            return 0.0
+        trace = {"denoiser": self._denoiser, "vae_decoder": self._vae, "vocoder": self._vocoder}[stage]
+        return trace(memory) * self.margin.get(stage, 1.0)
+
+    def _memo(self, key: tuple, fn: Callable[[], int]) -> int:
+        if key not in self._cache:
+            self._cache[key] = fn()
+        return self._cache[key]
+
+    def _trace(self, stage: str, call: Callable[..., Any], *inputs: torch.Tensor) -> int:
+        from .memtrace import peak_activation_bytes
+
+        return peak_activation_bytes(call, *inputs, module=self.modules[stage], fused=self.fused.get(stage, False))
+
+    def _denoiser(self, memory: Mapping[str, Any]) -> int:
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        from .chunking import ChunkedAttnProcessor
+
+        rows = min(memory.get("unet_batch_size") or self.unet_rows, self.unet_rows)
+        chunk = memory.get("attention_chunk_size")
+        unet, dtype = self.modules["denoiser"], self.dtypes["denoiser"]
+
+        def trace() -> int:
+            unet.set_attn_processor(ChunkedAttnProcessor(chunk) if chunk else AttnProcessor2_0())
+            dims = [d for level in unet.config.cross_attention_dim for d in _flat(level) if d]
+            gpt2_dim, t5_dim = dims[0], dims[-1]
+            shape = (rows, unet.config.in_channels, *self.geometry.latent_hw)
+            inputs = (
+                torch.empty(shape, dtype=dtype, device="meta"),
+                torch.empty((rows, 8, gpt2_dim), dtype=dtype, device="meta"),
+                torch.empty((rows, T5_TOKENS, t5_dim), dtype=dtype, device="meta"),
+                torch.empty((rows, T5_TOKENS), dtype=torch.long, device="meta"),
+            )
+            t = torch.tensor(1, device="meta")
+
+            def call(x, c1, c2, m):
+                return unet(
+                    x,
+                    t,
+                    encoder_hidden_states=c1,
+                    encoder_hidden_states_1=c2,
+                    encoder_attention_mask_1=m,
+                    return_dict=False,
+                )[0]
+
+            full = (self.unet_rows, *shape[1:])
+            return self._trace("denoiser", call, *inputs) + 2 * _nbytes(full, dtype)
+
+        return self._memo(("denoiser", rows, chunk), trace)
+
+    def _window(self, frames: int, chunk: int | None, overlap: int) -> int:
+        return frames if not chunk or chunk >= frames else min(frames, chunk + 2 * overlap)
+
+    def _vae(self, memory: Mapping[str, Any]) -> int:
+        rows = min(memory.get("decode_batch_size") or self.waveforms, self.waveforms)
+        vae, dtype = self.modules["vae_decoder"], self.dtypes["vae_decoder"]
+        latent_frames, latent_bins = self.geometry.latent_hw
+        frames = self._window(latent_frames, memory.get("vae_chunk_frames"), int(memory.get("vae_overlap_frames") or 0))
+
+        def trace() -> int:
+            latents = torch.empty((rows, vae.config.latent_channels, frames, latent_bins), dtype=dtype, device="meta")
+            mel = (self.waveforms, 1, self.geometry.mel_frames, self.geometry.mel_bins)
+            return self._trace("vae_decoder", lambda x: vae.decode(x).sample, latents) + 2 * _nbytes(mel, dtype)
+
+        return self._memo(("vae_decoder", rows, frames), trace)
+
+    def _vocoder(self, memory: Mapping[str, Any]) -> int:
+        rows = min(memory.get("decode_batch_size") or self.waveforms, self.waveforms)
+        vocoder, dtype = self.modules["vocoder"], self.dtypes["vocoder"]
+        mel_frames = self.geometry.mel_frames
+        frames = self._window(
+            mel_frames, memory.get("vocoder_chunk_frames"), int(memory.get("vocoder_overlap_frames") or 0)
+        )
+
+        def trace() -> int:
+            mel = torch.empty((rows, frames, self.geometry.mel_bins), dtype=dtype, device="meta")
+            samples = (self.waveforms, mel_frames * int(math.prod(vocoder.config.upsample_rates)))
+            return self._trace("vocoder", vocoder, mel) + 2 * _nbytes(samples, dtype)
+
+        return self._memo(("vocoder", rows, frames), trace)
+
+
+def _flat(value: Any) -> list[Any]:
+    return [x for v in value for x in _flat(v)] if isinstance(value, list | tuple) else [value]
+
+
+def estimate_peak_bytes(work: Workload, memory: Mapping[str, Any], offload: str) -> float:
     """Estimated peak device bytes of one call under ``memory`` settings and an offload mode."""
-    b = work.dtype_bytes
-    rows = min(memory.get("unet_batch_size") or work.unet_rows, work.unet_rows)
-    unet = rows * work.latent_tokens * work.unet_channels * b.get("denoiser", 4) * UNET_FACTOR
-    if not work.kernel_attention:
-        queries = min(memory.get("attention_chunk_size") or work.latent_tokens, work.latent_tokens)
-        unet += rows * work.attention_heads * queries * work.latent_tokens * b.get("denoiser", 4)
-    decode_rows = min(memory.get("decode_batch_size") or work.waveforms, work.waveforms)
-    vae_chunk = memory.get("vae_chunk_frames")
-    frames = work.mel_frames
-    if vae_chunk:
-        frames = min(frames, (vae_chunk + 2 * int(memory.get("vae_overlap_frames") or 0)) * work.vae_factor)
-    vae = decode_rows * frames * work.mel_bins * work.vae_channels * b.get("vae_decoder", 4) * VAE_FACTOR
-    voc_chunk = memory.get("vocoder_chunk_frames")
-    voc_frames = work.mel_frames
-    if voc_chunk:
-        voc_frames = min(voc_frames, voc_chunk + 2 * int(memory.get("vocoder_overlap_frames") or 0))
-    vocoder = decode_rows * voc_frames * work.hop * work.vocoder_channels * b.get("vocoder", 4) * VOCODER_FACTOR
-    activations = {"denoiser": unet, "vae_decoder": vae, "vocoder": vocoder}
+    activations = {name: work.activations(name, memory) for name in ("denoiser", "vae_decoder", "vocoder")}
     weights = work.weight_bytes
+    names = set(weights) | set(activations)
     if offload == "none":
         return sum(weights.values()) + max(activations.values())
     if offload == "model":  # one stage's weights at a time
-        return max(weights.get(name, 0) + act for name, act in activations.items())
+        return max(weights.get(name, 0) + activations.get(name, 0.0) for name in names)
     # sequential/group: one submodule's weights at a time; count a tenth of the stage as a generous bound
-    return max(weights.get(name, 0) / 10 + act for name, act in activations.items())
+    return max(weights.get(name, 0) / 10 + activations.get(name, 0.0) for name in names)
 
 
 def _ladder(work: Workload, on_accelerator: bool) -> list[tuple[str, dict[str, Any], str | None]]:
-    """(label, memory settings, offload mode or None) from cheapest to dearest; each includes the ones before."""
+    """(label, memory settings it adds, offload mode or None) from cheapest to dearest."""
     ten_s_frames = 1000  # mel frames of 10 s at the published 10 ms hop
-    steps: list[tuple[str, dict[str, Any], str | None]] = [("nothing", {}, None)]
-    current: dict[str, Any] = {}
-
-    def add(label: str, settings: dict[str, Any], offload: str | None = None) -> None:
-        current.update(settings)
-        steps.append((label, dict(current), offload or steps[-1][2]))
-
-    add("decoder one waveform at a time", {"decode_batch_size": 1})
+    steps: list[tuple[str, dict[str, Any], str | None]] = [
+        ("decoder one waveform at a time", {"decode_batch_size": 1}, None)
+    ]
     if work.unet_rows > work.waveforms:
-        add("guidance halves one after the other", {"unet_batch_size": max(1, work.unet_rows // 2)})
+        steps.append(("guidance halves one after the other", {"unet_batch_size": max(1, work.unet_rows // 2)}, None))
     if work.waveforms > 1:
-        add("one waveform per UNet call", {"unet_batch_size": 1})
-    add("vocoder and attention in chunks", {"vocoder_chunk_frames": ten_s_frames, "attention_chunk_size": 1024})
+        steps.append(("one waveform per UNet call", {"unet_batch_size": 1}, None))
+    steps.append(("vocoder in chunks", {"vocoder_chunk_frames": ten_s_frames}, None))
+    steps.append(("attention in query chunks", {"attention_chunk_size": 1024}, None))
     if on_accelerator:
-        add("model offload", {}, "model")
-    add("VAE decoder in chunks (approximate)", {"vae_chunk_frames": 256})
+        steps.append(("model offload", {}, "model"))
+    steps.append(("VAE decoder in chunks (approximate)", {"vae_chunk_frames": 256}, None))
     if on_accelerator:
-        add("sequential offload", {}, "sequential")
+        steps.append(("sequential offload", {}, "sequential"))
     return steps
 
 
 def plan_memory(
     cfg: DictConfig, work: Workload, on_accelerator: bool, allowed: Any = None
 ) -> tuple[str, dict[str, Any], str, float]:
-    """The first ladder step whose estimate fits ``memory.budget_gb``: (label, settings, offload, estimate GiB).
+    """The cheapest settings whose estimate fits ``memory.budget_gb``: (label, settings, offload, estimate GiB).
 
-    User-set memory keys and a user-set offload mode stay as given. ``allowed(offload)`` says whether an offload mode
-    passes the combination rules with the rest of the config; refused modes are skipped.
+    Forward, ladder steps are taken in order, each kept only if it lowers the estimated peak or some stage's own
+    peak (attention chunks do nothing for a fused CUDA kernel, say), until the estimate fits. Backward, each kept step
+    from the dearest down is dropped again if the rest still fits (an offload that the VAE chunks made unnecessary,
+    say). User-set memory keys and a user-set offload mode stay as given; ``allowed(offload)`` says whether an offload
+    mode passes the combination rules with the rest of the config.
     """
     budget = float(cfg.memory.budget_gb) * GIB
-    user = {k: v for k, v in cfg.memory.items() if v is not None and k not in ("budget_gb",)}
-    user_offload = cfg.offload.mode
-    best = None
-    for label, settings, offload in _ladder(work, on_accelerator):
-        mode = user_offload if user_offload != "none" or offload is None else offload
-        if allowed is not None and mode != user_offload and not allowed(mode):
-            continue
-        merged = {**settings, **user}
-        estimate = estimate_peak_bytes(work, merged, mode)
-        best = (label, {k: v for k, v in settings.items() if k not in user}, mode, estimate / GIB)
-        if estimate <= budget:
-            return best
-    assert best is not None
-    log.warning(
-        "memory.budget_gb=%s: no setting fits (estimated %.2f GiB with everything on); running with all of it",
-        cfg.memory.budget_gb,
-        best[3],
-    )
-    return best
+    user = {k: v for k, v in cfg.memory.items() if v is not None and k != "budget_gb"}
+    user_offload = str(cfg.offload.mode)
+    Step = tuple[str, dict[str, Any], str | None]
+
+    def fold(steps: list[Step]) -> tuple[dict[str, Any], str]:
+        settings: dict[str, Any] = {}
+        offload = user_offload
+        for _, adds, mode in steps:
+            settings.update({k: v for k, v in adds.items() if k not in user})
+            if mode is not None and user_offload == "none":
+                offload = mode
+        return settings, offload
+
+    def score(steps: list[Step]) -> tuple[float, float]:
+        settings, offload = fold(steps)
+        memory = {**settings, **user}
+        stages = sum(work.activations(name, memory) for name in ("denoiser", "vae_decoder", "vocoder"))
+        return estimate_peak_bytes(work, memory, offload), stages
+
+    ladder = [
+        step
+        for step in _ladder(work, on_accelerator)
+        if step[2] is None or (user_offload == "none" and (allowed is None or allowed(step[2])))
+    ]
+    taken: list[Step] = []
+    best = score(taken)
+    for step in ladder:
+        if best[0] <= budget:
+            break
+        trial = score([*taken, step])
+        if trial[0] < best[0] or (trial[0] <= best[0] and trial[1] < best[1]):
+            taken, best = [*taken, step], trial
+    if best[0] <= budget:
+        for step in reversed(list(taken)):
+            rest = [s for s in taken if s is not step]
+            trial = score(rest)
+            if trial[0] <= budget:
+                taken, best = rest, trial
+    else:
+        log.warning(
+            "memory.budget_gb=%s: no setting fits (estimated %.2f GiB with everything on); running with all of it",
+            cfg.memory.budget_gb,
+            best[0] / GIB,
+        )
+    settings, offload = fold(taken)
+    return ", ".join(label for label, _, _ in taken) or "nothing", settings, offload, best[0] / GIB
 
 
 def apply_plan(cfg: DictConfig, settings: dict[str, Any], offload: str) -> None:
@@ -165,30 +297,37 @@ def workload(cfg: DictConfig, stages: list[Stage], geometry: AudioGeometry, num_
     by_name = {s.name: s for s in stages}
     if "denoiser" not in by_name:
         raise ConfigError("memory.budget_gb", "needs a denoiser stage in the chain")
-    unet = by_name["denoiser"].modules["unet"]
-    store = by_name["denoiser"].store
-    vae_cfg, voc_cfg = store.config("vae"), store.config("vocoder")
-    waveforms = num_prompts * int(cfg.num_waveforms)
-    guidance = float(cfg.guidance_scale) > 1.0
-    heads = unet.config.attention_head_dim
-    heads = max(heads) if isinstance(heads, list | tuple) else heads
     denoiser = by_name["denoiser"]
+    waveforms = num_prompts * int(cfg.num_waveforms)
+    unet_rows = waveforms * (2 if float(cfg.guidance_scale) > 1.0 else 1)
+    modules = {"denoiser": ("unet", "denoiser"), "vae": ("vae", "vae_decoder"), "vocoder": ("vocoder", "vocoder")}
+    found = {
+        key: by_name[stage].modules.get(component)
+        for key, (component, stage) in modules.items()
+        if stage in by_name and isinstance(by_name[stage].modules.get(component), torch.nn.Module)
+    }
+    cuda = {name: stage.device.type == "cuda" for name, stage in by_name.items()}
+    tracer = ActivationTracer(
+        geometry,
+        unet_rows,
+        waveforms,
+        unet=found.get("denoiser"),
+        vae=found.get("vae"),
+        vocoder=found.get("vocoder"),
+        dtypes={s.name: s.dtype for s in stages},
+        fused={
+            "denoiser": cuda.get("denoiser", False)
+            and cfg.attention.backend in FUSED_BACKENDS
+            and "denoiser" in (cfg.attention.get("stages") or []),
+            "vae_decoder": cuda.get("vae_decoder", False),  # diffusers' default processor: SDPA
+        },
+        margin={s.name: ACCELERATOR_MARGIN if s.device.type != "cpu" else 1.0 for s in stages},
+    )
     return Workload(
-        unet_rows=waveforms * (2 if guidance else 1),
+        unet_rows=unet_rows,
         waveforms=waveforms,
-        latent_tokens=math.prod(geometry.latent_hw),
-        unet_channels=int(unet.config.block_out_channels[0]),
-        attention_heads=int(heads),
-        mel_frames=geometry.mel_frames,
-        mel_bins=geometry.mel_bins,
-        vae_channels=int(min(vae_cfg["block_out_channels"])),
-        vae_factor=geometry.vae_scale_factor,
-        hop=int(math.prod(voc_cfg["upsample_rates"])),
-        vocoder_channels=int(voc_cfg["upsample_initial_channel"]) // 2 ** len(voc_cfg["upsample_rates"]),
-        dtype_bytes={s.name: torch.empty((), dtype=s.dtype).element_size() for s in stages},
         weight_bytes=stage_weight_bytes([s for s in stages if s.device == denoiser.device]),
-        kernel_attention=denoiser.device.type == "cuda"
-        and cfg.attention.backend in ("sdpa", "flash", "efficient", "cudnn"),
+        activations=tracer,
     )
 
 

@@ -42,7 +42,7 @@ def _requirements() -> dict[str, object]:
     try:
         lines = metadata.requires(DIST) or []
     except metadata.PackageNotFoundError:
-        return {}
+        lines = _source_tree_requirements()
     reqs = {}
     for line in lines:
         req = Requirement(line)
@@ -51,11 +51,26 @@ def _requirements() -> dict[str, object]:
     return reqs
 
 
-def _version(dist: str) -> str | None:
+def _source_tree_requirements() -> list[str]:
+    """``[project].dependencies`` of the checkout this module runs from, when it is used without being installed
+    (``PYTHONPATH=src``); empty if there is no such pyproject.toml or no TOML reader (Python 3.10)."""
+    from pathlib import Path
+
     try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
+        import tomllib
+    except ImportError:
+        return []
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    if not pyproject.is_file():
+        return []
+    project = tomllib.loads(pyproject.read_text()).get("project", {})
+    return list(project.get("dependencies", [])) if project.get("name") == DIST else []
+
+
+def _version(dist: str) -> str | None:
+    from .provenance import installed_version
+
+    return installed_version(dist)
 
 
 def check_versions() -> Iterator[Check]:

@@ -22,16 +22,27 @@ from .audio_io import write_bytes
 LIBRARIES = ("torch", "diffusers", "transformers", "hydra-core", "omegaconf", "numpy", "soundfile", "safetensors")
 
 
+def installed_version(dist: str) -> str | None:
+    """The installed version of ``dist``; for torch its own ``__version__``, which keeps the build's local tag
+    (``2.11.0+cu130``) that the distribution metadata of a PyPI wheel drops."""
+    try:
+        version = metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+    if dist == "torch":
+        import torch
+
+        return str(torch.__version__)
+    return version
+
+
 @cache
 def library_versions() -> dict[str, str | None]:
     import soundfile
 
     versions: dict[str, str | None] = {"python": platform.python_version()}
     for dist in LIBRARIES:
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[dist] = None
+        versions[dist] = installed_version(dist)
     versions["libsndfile"] = soundfile.__libsndfile_version__
     return versions
 

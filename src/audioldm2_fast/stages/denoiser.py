@@ -16,6 +16,28 @@ from .base import Stage
 from .registry import register_stage
 
 
+def predict_noise(
+    unet: torch.nn.Module,
+    model_input: torch.Tensor,
+    t: torch.Tensor,
+    cond_gpt2: torch.Tensor,
+    cond_t5: torch.Tensor,
+    mask_t5: torch.Tensor,
+    sub_batch: int | None,
+) -> torch.Tensor:
+    """One UNet evaluation over the (guidance-doubled) batch, in ``memory.unet_batch_size`` rows at a time."""
+    return run_in_sub_batches(
+        lambda x, c1, c2, m: unet(
+            x, t, encoder_hidden_states=c1, encoder_hidden_states_1=c2, encoder_attention_mask_1=m, return_dict=False
+        )[0],
+        sub_batch,
+        model_input,
+        cond_gpt2,
+        cond_t5,
+        mask_t5,
+    )
+
+
 @register_stage("denoiser")
 class Denoiser(Stage):
     components = ("unet",)
@@ -77,21 +99,7 @@ class Denoiser(Stage):
         for t in progress_bar(scheduler.timesteps, cfg=self.cfg, desc="denoising", unit="step"):
             model_input = torch.cat([latents] * 2) if guidance else latents
             model_input = scheduler.scale_model_input(model_input, t)
-            noise_pred = run_in_sub_batches(
-                lambda x, c1, c2, m, t=t: unet(
-                    x,
-                    t,
-                    encoder_hidden_states=c1,
-                    encoder_hidden_states_1=c2,
-                    encoder_attention_mask_1=m,
-                    return_dict=False,
-                )[0],
-                sub_batch,
-                model_input,
-                cond_gpt2,
-                cond_t5,
-                mask_t5,
-            )
+            noise_pred = predict_noise(unet, model_input, t, cond_gpt2, cond_t5, mask_t5, sub_batch)
             if guidance:
                 uncond, text = noise_pred.chunk(2)
                 noise_pred = uncond + state.guidance_scale * (text - uncond)
