@@ -75,6 +75,19 @@ def test_benchmark_never_replaces_an_earlier_report(tmp_path):
     assert (tmp_path / "benchmark.json").read_text() == first and (tmp_path / "benchmark-1.json").is_file()
 
 
+def test_a_budgeted_benchmark_records_the_plan_beside_the_measured_peak(tmp_path):
+    cfg = compose_config(
+        [*FAST, "task=benchmark", "benchmark.warmup=0", "benchmark.runs=1", "memory.budget_gb=0.001", "num_waveforms=2"]
+    )
+    report = run_benchmark(cfg, tmp_path)
+    plan = report["memory_plan"]
+    assert plan["budget_gb"] == 0.001 and plan["estimated_peak_gib"] > 0.001  # nothing fits 1 MiB
+    assert plan["settings"]["unet_batch_size"] == 1 == report["settings"]["memory"]["unet_batch_size"]
+    assert f"estimated peak {plan['estimated_peak_gib']:.2f} GiB" in format_table(report)
+    plain = run_benchmark(compose_config([*FAST, "task=benchmark", "benchmark.warmup=0", "benchmark.runs=1"]), tmp_path)
+    assert plain["memory_plan"] is None and plain["settings"]["memory"] == {}
+
+
 @pytest.mark.slow
 def test_sweep_summary_lists_every_job_even_failed_ones(tmp_path):
     proc = _run(

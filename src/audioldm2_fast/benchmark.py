@@ -149,7 +149,9 @@ class Benchmark:
                 "num_waveforms": request["num_waveforms"],
                 "audio_length_s": result.waveforms.shape[1] / result.sample_rate,
                 "guidance_scale": request["guidance_scale"],
+                "memory": {k: v for k, v in cfg.memory.items() if v is not None and not k.endswith("_overlap_frames")},
             },
+            "memory_plan": self.generator.memory_plan,
             "load_s": self.load_s,
             "first_call_s": first["ours_s"],
             "warmup": self.warmup,
@@ -212,6 +214,12 @@ def format_table(report: dict[str, Any]) -> str:
             f"peak alloc {report['peak_allocated_mb']:.0f} MiB / reserved {report['peak_reserved_mb']:.0f} MiB"
         )
     lines.append(", ".join(extra))
+    plan = report.get("memory_plan")
+    if plan:
+        lines.append(
+            f"memory.budget_gb={plan['budget_gb']:g}: {plan['steps']} (offload={plan['offload']}), "
+            f"estimated peak {plan['estimated_peak_gib']:.2f} GiB"
+        )
     ref = report.get("reference")
     if ref:
         lines.append(

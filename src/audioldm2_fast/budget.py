@@ -331,8 +331,9 @@ def workload(cfg: DictConfig, stages: list[Stage], geometry: AudioGeometry, num_
     )
 
 
-def plan_for_generator(cfg: DictConfig, stages: list[Stage]) -> None:
-    """Plan ``memory.budget_gb`` for a Generator's loaded (not yet placed) stages, apply it to ``cfg`` and log it."""
+def plan_for_generator(cfg: DictConfig, stages: list[Stage]) -> dict[str, Any]:
+    """Plan ``memory.budget_gb`` for a Generator's loaded (not yet placed) stages, apply it to ``cfg``, log it and
+    return it (recorded in ``benchmark.json``, to compare the estimate with the measured peak)."""
     from .compat import check_combinations
     from .config import prompt_list
     from .devices import probe_device
@@ -364,3 +365,10 @@ def plan_for_generator(cfg: DictConfig, stages: list[Stage]) -> None:
         offload,
         estimate,
     )
+    return {
+        "budget_gb": float(cfg.memory.budget_gb),
+        "steps": label,
+        "settings": settings,
+        "offload": offload,
+        "estimated_peak_gib": estimate,
+    }

@@ -104,10 +104,11 @@ class Generator:
             if offloading:
                 stage.load_device = torch.device(cfg.offload.get("offload_device", "cpu"))
             stage.setup()
+        self.memory_plan: dict[str, Any] | None = None
         if budget:
             from .budget import plan_for_generator
 
-            plan_for_generator(cfg, self.stages)
+            self.memory_plan = plan_for_generator(cfg, self.stages)
         for stage in self.stages:
             apply_attention_processors(stage, cfg)
         self.offload = make_offload(cfg.offload, self.stages)
