@@ -2,11 +2,11 @@
 
 Options are tried from cheapest to dearest, each kept only if it lowers the estimate: exact ones first (decoder
 sub-batches, guidance halves one after the other, one waveform per UNet call, vocoder chunks, attention chunks), then
-model offload, then approximate VAE chunks, then sequential offload; an offload that a later step made unnecessary is
-dropped again. Settings the user gave explicitly are never changed. The peak is an estimate: the weights resident on
-the device plus the largest stage's activations, traced on ``meta`` twins of the modules at the request's exact
-shapes (``memtrace``), times a margin for kernel workspaces on an accelerator (README: long audio). Without a budget
-nothing here runs."""
+model offload, then approximate VAE chunks, then sequential offload; once the plan fits, any step that a later one
+made unnecessary is dropped again. Settings the user gave explicitly are never changed. The peak is an estimate: the
+weights resident on the device plus the largest stage's activations, traced on ``meta`` twins of the modules at the
+request's exact shapes (``memtrace``), times a margin for kernel workspaces on an accelerator (README: long audio).
+Without a budget nothing here runs."""
 
 from __future__ import annotations
 
@@ -121,6 +121,7 @@ class ActivationTracer:
         from diffusers.models.attention_processor import AttnProcessor2_0
 
         from .chunking import ChunkedAttnProcessor
+        from .stages.denoiser import predict_noise
 
         rows = min(memory.get("unet_batch_size") or self.unet_rows, self.unet_rows)
         chunk = memory.get("attention_chunk_size")
@@ -138,18 +139,8 @@ class ActivationTracer:
                 torch.empty((rows, T5_TOKENS), dtype=torch.long, device="meta"),
             )
             t = torch.tensor(1, device="meta")
-
-            def call(x, c1, c2, m):
-                return unet(
-                    x,
-                    t,
-                    encoder_hidden_states=c1,
-                    encoder_hidden_states_1=c2,
-                    encoder_attention_mask_1=m,
-                    return_dict=False,
-                )[0]
-
             full = (self.unet_rows, *shape[1:])
+            call = lambda x, c1, c2, m: predict_noise(unet, x, t, c1, c2, m, None)  # noqa: E731
             return self._trace("denoiser", call, *inputs) + 2 * _nbytes(full, dtype)
 
         return self._memo(("denoiser", rows, chunk), trace)
@@ -158,6 +149,8 @@ class ActivationTracer:
         return frames if not chunk or chunk >= frames else min(frames, chunk + 2 * overlap)
 
     def _vae(self, memory: Mapping[str, Any]) -> int:
+        from .stages.vae_decoder import decode_latents
+
         rows = min(memory.get("decode_batch_size") or self.waveforms, self.waveforms)
         vae, dtype = self.modules["vae_decoder"], self.dtypes["vae_decoder"]
         latent_frames, latent_bins = self.geometry.latent_hw
@@ -166,11 +159,14 @@ class ActivationTracer:
         def trace() -> int:
             latents = torch.empty((rows, vae.config.latent_channels, frames, latent_bins), dtype=dtype, device="meta")
             mel = (self.waveforms, 1, self.geometry.mel_frames, self.geometry.mel_bins)
-            return self._trace("vae_decoder", lambda x: vae.decode(x).sample, latents) + 2 * _nbytes(mel, dtype)
+            call = lambda x: decode_latents(vae, x, {})  # noqa: E731
+            return self._trace("vae_decoder", call, latents) + 2 * _nbytes(mel, dtype)
 
         return self._memo(("vae_decoder", rows, frames), trace)
 
     def _vocoder(self, memory: Mapping[str, Any]) -> int:
+        from .stages.vocoder import vocode
+
         rows = min(memory.get("decode_batch_size") or self.waveforms, self.waveforms)
         vocoder, dtype = self.modules["vocoder"], self.dtypes["vocoder"]
         mel_frames = self.geometry.mel_frames
@@ -181,7 +177,7 @@ class ActivationTracer:
         def trace() -> int:
             mel = torch.empty((rows, frames, self.geometry.mel_bins), dtype=dtype, device="meta")
             samples = (self.waveforms, mel_frames * int(math.prod(vocoder.config.upsample_rates)))
-            return self._trace("vocoder", vocoder, mel) + 2 * _nbytes(samples, dtype)
+            return self._trace("vocoder", lambda x: vocode(vocoder, x, {}), mel) + 2 * _nbytes(samples, dtype)
 
         return self._memo(("vocoder", rows, frames), trace)
 
@@ -300,26 +296,27 @@ def workload(cfg: DictConfig, stages: list[Stage], geometry: AudioGeometry, num_
     denoiser = by_name["denoiser"]
     waveforms = num_prompts * int(cfg.num_waveforms)
     unet_rows = waveforms * (2 if float(cfg.guidance_scale) > 1.0 else 1)
-    modules = {"denoiser": ("unet", "denoiser"), "vae": ("vae", "vae_decoder"), "vocoder": ("vocoder", "vocoder")}
-    found = {
-        key: by_name[stage].modules.get(component)
-        for key, (component, stage) in modules.items()
-        if stage in by_name and isinstance(by_name[stage].modules.get(component), torch.nn.Module)
-    }
-    cuda = {name: stage.device.type == "cuda" for name, stage in by_name.items()}
+
+    def module(stage: str, component: str) -> torch.nn.Module | None:
+        found = by_name[stage].modules.get(component) if stage in by_name else None
+        return found if isinstance(found, torch.nn.Module) else None
+
+    def on_cuda(stage: str) -> bool:
+        return stage in by_name and by_name[stage].device.type == "cuda"
+
     tracer = ActivationTracer(
         geometry,
         unet_rows,
         waveforms,
-        unet=found.get("denoiser"),
-        vae=found.get("vae"),
-        vocoder=found.get("vocoder"),
+        unet=module("denoiser", "unet"),
+        vae=module("vae_decoder", "vae"),
+        vocoder=module("vocoder", "vocoder"),
         dtypes={s.name: s.dtype for s in stages},
         fused={
-            "denoiser": cuda.get("denoiser", False)
+            "denoiser": on_cuda("denoiser")
             and cfg.attention.backend in FUSED_BACKENDS
             and "denoiser" in (cfg.attention.get("stages") or []),
-            "vae_decoder": cuda.get("vae_decoder", False),  # diffusers' default processor: SDPA
+            "vae_decoder": on_cuda("vae_decoder"),  # diffusers' default processor: SDPA
         },
         margin={s.name: ACCELERATOR_MARGIN if s.device.type != "cpu" else 1.0 for s in stages},
     )

@@ -1,7 +1,7 @@
 """Peak activation memory of a module call, measured without running it: the call runs on ``meta`` tensors, which
 have shapes and dtypes but no data, under a dispatch mode that counts the bytes of every tensor storage created
 inside the call while it is alive. That is what the CUDA caching allocator reports as allocated memory, less its
-kernels' own workspaces (cuDNN, cuBLAS) and its 512-byte rounding, which ``budget.CUDA_WORKSPACE_MARGIN`` covers.
+kernels' own workspaces (cuDNN, cuBLAS) and its 512-byte rounding, which ``budget.ACCELERATOR_MARGIN`` covers.
 
 A full-size UNet step over 150 s of audio traces in well under a second on any machine, so ``memory.budget_gb`` plans
 from the real code path (sub-batches, time chunks, attention chunks) instead of from per-architecture constants.
