@@ -25,7 +25,7 @@ def tiny_dir() -> Path:
 @pytest.fixture
 def make_generator(tmp_path):
     from audioldm2_fast import Generator
-    from audioldm2_fast.runner import compose_config
+    from audioldm2_fast.generator import compose_config
 
     def make(*overrides: str, out: Path | None = None):
         cfg = compose_config([*FAST, f"output.dir={out or tmp_path / 'out'}", *overrides])

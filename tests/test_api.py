@@ -9,7 +9,7 @@ import pytest
 
 from audioldm2_fast import Generator
 from audioldm2_fast.cli import check_overrides
-from audioldm2_fast.errors import ConfigError
+from audioldm2_fast.runtime.errors import ConfigError
 from conftest import FAST
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from audioldm2_fast.cli import main
-from audioldm2_fast.config import MAX_PROMPT_CHARS
+from audioldm2_fast.config.validate import MAX_PROMPT_CHARS
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 ROOT_SKIP = pytest.mark.skipif(IS_ROOT, reason="root ignores permission bits, so chmod cannot make a path unusable")
@@ -209,7 +209,7 @@ def test_the_table_is_big_enough():
 
 @pytest.mark.parametrize("case_id,args,code,text", CASES, ids=[_case_id(c) for c in CASES])
 def test_bad_invocation(case_id, args, code, text, paths, existing, tmp_path, monkeypatch, capsys):
-    from audioldm2_fast.checkpoints import loading
+    from audioldm2_fast.checkpoints import store as loading
 
     def no_loading(*a, **k):
         raise AssertionError("a model was loaded")
@@ -251,7 +251,7 @@ def test_bad_invocation_in_a_real_process_has_no_traceback(arg, paths, existing,
 
 
 def test_pickle_weights_load_only_when_the_user_opts_in(paths, tmp_path):
-    from audioldm2_fast.runner import Generator, compose_config
+    from audioldm2_fast.generator import Generator, compose_config
 
     cfg = compose_config(
         ["checkpoint=local", f"checkpoint.path={paths['bin_only']}", "checkpoint.allow_pickle=true", "prompt=x"]
@@ -278,7 +278,7 @@ def test_from_pretrained_sees_use_safetensors_true(tiny_dir, monkeypatch):
     from diffusers import AutoencoderKL
     from transformers import T5EncoderModel
 
-    from audioldm2_fast.checkpoints.loading import ComponentStore
+    from audioldm2_fast.checkpoints.store import ComponentStore
 
     seen = []
     for cls in (AutoencoderKL, T5EncoderModel):

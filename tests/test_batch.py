@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audioldm2_fast.batch import make_batches, run_batch
-from audioldm2_fast.errors import ConfigError
-from audioldm2_fast.items import Item, item_seed, read_items, shard_items
-from audioldm2_fast.runner import compose_config
+from audioldm2_fast.batch.items import Item, item_seed, read_items, shard_items
+from audioldm2_fast.batch.run import make_batches, run_batch
+from audioldm2_fast.generator import compose_config
+from audioldm2_fast.runtime.errors import ConfigError
 from conftest import FAST
 
 
@@ -87,7 +87,7 @@ def test_malformed_lines_are_reported_with_their_numbers_before_loading(tmp_path
     ],
 )
 def test_bad_batch_settings_name_their_key(tmp_path, overrides, key):
-    from audioldm2_fast.config import validate_config
+    from audioldm2_fast.config.validate import validate_config
 
     (tmp_path / "p.txt").write_text("rain\n")
     with pytest.raises(ConfigError) as info:
@@ -119,8 +119,8 @@ def _float_wavs(out_dir):
 
 @pytest.mark.parametrize("scheduler", ["dpmpp_2m", "euler_ancestral"])  # the second draws noise at every step
 def test_an_item_alone_and_in_a_batch_gives_the_same_audio(tmp_path, scheduler):
-    from audioldm2_fast.batch import _state
-    from audioldm2_fast.runner import Generator
+    from audioldm2_fast.batch.run import _state
+    from audioldm2_fast.generator import Generator
 
     batch_file = tmp_path / "batch.jsonl"
     lines = [
@@ -167,7 +167,7 @@ def test_an_item_alone_and_in_a_batch_gives_the_same_audio(tmp_path, scheduler):
 
 
 def test_a_failing_batch_is_counted_and_the_others_go_on(tmp_path, capsys):
-    from audioldm2_fast.errors import StageError
+    from audioldm2_fast.runtime.errors import StageError
 
     path = tmp_path / "p.txt"
     path.write_text("rain\nnan here\nwind\n")
@@ -192,7 +192,7 @@ def test_a_name_that_collides_with_another_items_id_is_refused(tmp_path):
 
 
 def test_merge_keeps_each_item_candidate_once_and_can_run_again(tmp_path):
-    from audioldm2_fast.merge import merge_manifests
+    from audioldm2_fast.batch.merge import merge_manifests
 
     def write(path, rows):
         path.parent.mkdir(parents=True, exist_ok=True)

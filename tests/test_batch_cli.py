@@ -139,7 +139,7 @@ def test_local_gpus_launcher_gives_each_slot_its_gpu():
 def _hydra_launcher(option: str, *overrides: str):
     from hydra import compose, initialize_config_dir
 
-    from audioldm2_fast.paths import conf_dir
+    from audioldm2_fast.config.paths import conf_dir
 
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose("config", [f"hydra/launcher={option}", *overrides], return_hydra_config=True)

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from audioldm2_fast.benchmark import format_table, run_benchmark
-from audioldm2_fast.runner import compose_config
+from audioldm2_fast.generator import compose_config
+from audioldm2_fast.tasks.benchmark import format_table, run_benchmark
 from test_cli import _run
 
 FAST = ["checkpoint=tiny", "prompt=rain", "negative_prompt=Low quality.", "audio_length_s=1.0", "steps=3"]

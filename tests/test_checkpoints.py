@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from audioldm2_fast.checkpoints.loading import ComponentStore
-from audioldm2_fast.errors import CheckpointError
+from audioldm2_fast.checkpoints.store import ComponentStore
+from audioldm2_fast.runtime.errors import CheckpointError
 
 
 def test_tiny_is_a_diffusers_checkpoint_on_disk(tiny_dir):

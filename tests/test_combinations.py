@@ -13,10 +13,10 @@ from collections import Counter
 import pytest
 import torch
 
-from audioldm2_fast.config import validate_config
-from audioldm2_fast.errors import ConfigError
-from audioldm2_fast.paths import config_groups
-from audioldm2_fast.runner import compose_config
+from audioldm2_fast.config.paths import config_groups
+from audioldm2_fast.config.validate import validate_config
+from audioldm2_fast.generator import compose_config
+from audioldm2_fast.runtime.errors import ConfigError
 from test_options import H100, V100, probe_with
 
 WALKED = ["checkpoint", "scheduler", "precision", "attention", "compile", "offload"]
@@ -172,8 +172,8 @@ LADDER = {
 
 
 def test_fastest_resolves_per_device(make_generator):
-    from audioldm2_fast.compiling import effective_mode
-    from audioldm2_fast.config import stage_placement
+    from audioldm2_fast.accel.compile import effective_mode
+    from audioldm2_fast.config.validate import stage_placement
 
     cfg = compose_config(["experiment=fastest", "checkpoint=tiny", "prompt=x", "device=cuda"])
     validate_config(cfg, probe_with(H100))

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from audioldm2_fast.cli import main
-from audioldm2_fast.paths import conf_dir, config_groups
-from audioldm2_fast.runner import compose_config
+from audioldm2_fast.config.paths import conf_dir, config_groups
+from audioldm2_fast.generator import compose_config
 
 REQUIRED_GROUPS = {"checkpoint", "scheduler", "precision", "attention", "compile", "offload", "pipeline"}
 REQUIRED_KEYS = [
@@ -49,7 +49,7 @@ def test_hub_checkpoints_name_their_repos():
 
 
 def test_steps_default_comes_from_the_scheduler_option():
-    from audioldm2_fast.schedulers import num_steps
+    from audioldm2_fast.stages.schedulers import num_steps
 
     assert num_steps(compose_config(["scheduler=ddim"])) == 200
     assert num_steps(compose_config(["scheduler=dpmpp_2m"])) == 20
@@ -119,7 +119,7 @@ def test_local_dir_that_is_not_audioldm2_is_refused(tmp_path, monkeypatch, capsy
 
 
 def test_bad_input_is_refused_before_models_load(monkeypatch, capsys):
-    from audioldm2_fast.checkpoints import loading
+    from audioldm2_fast.checkpoints import store as loading
 
     def boom(*args, **kwargs):
         raise AssertionError("a model was loaded")

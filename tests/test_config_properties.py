@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from audioldm2_fast.cli import check_overrides
-from audioldm2_fast.errors import Audioldm2FastError
-from audioldm2_fast.paths import config_groups
-from audioldm2_fast.runner import Generator
+from audioldm2_fast.config.paths import config_groups
+from audioldm2_fast.generator import Generator
+from audioldm2_fast.runtime.errors import Audioldm2FastError
 
 SLOW_OPTIONS = {
     "compile": {"default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"},

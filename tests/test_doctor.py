@@ -6,9 +6,9 @@ import io
 
 import pytest
 
-from audioldm2_fast import doctor
 from audioldm2_fast.cli import main
-from audioldm2_fast.errors import EnvironmentProblem
+from audioldm2_fast.runtime.errors import EnvironmentProblem
+from audioldm2_fast.tasks import doctor
 
 
 def _report() -> tuple[int, str]:
@@ -73,7 +73,7 @@ def test_a_broken_probe_is_a_failed_line_not_a_crash(monkeypatch):
 
 
 def test_cli_doctor_needs_no_prompt_and_writes_nothing(tmp_path, monkeypatch, capsys):
-    from audioldm2_fast.checkpoints import loading
+    from audioldm2_fast.checkpoints import store as loading
 
     monkeypatch.setattr(loading.ComponentStore, "_load", lambda *a, **k: pytest.fail("a model was loaded"))
     monkeypatch.chdir(tmp_path)

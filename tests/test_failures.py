@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audioldm2_fast.finite import is_silent
+from audioldm2_fast.stages.finite import is_silent
 
 TESTS = Path(__file__).resolve().parent
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audioldm2_fast.errors import ConfigError
-from audioldm2_fast.finishing import finish_audio, measure_loudness
+from audioldm2_fast.outputs.finishing import finish_audio, measure_loudness
+from audioldm2_fast.runtime.errors import ConfigError
 
 
 def _rows(out):
@@ -83,8 +83,8 @@ def test_mp3(make_generator, tmp_path):
     ],
 )
 def test_bad_finishing_values_name_their_key(override, key):
-    from audioldm2_fast.config import validate_config
-    from audioldm2_fast.runner import compose_config
+    from audioldm2_fast.config.validate import validate_config
+    from audioldm2_fast.generator import compose_config
 
     with pytest.raises(ConfigError) as info:
         validate_config(compose_config(["checkpoint=tiny", "prompt=x", override]))
@@ -92,8 +92,8 @@ def test_bad_finishing_values_name_their_key(override, key):
 
 
 def test_mp3_refused_in_one_line_where_libsndfile_lacks_it(monkeypatch):
-    from audioldm2_fast.config import validate_config
-    from audioldm2_fast.runner import compose_config
+    from audioldm2_fast.config.validate import validate_config
+    from audioldm2_fast.generator import compose_config
 
     monkeypatch.setattr(sf, "available_formats", lambda: {"WAV": "", "FLAC": "", "OGG": ""})
     with pytest.raises(ConfigError, match="mp3 is not supported") as info:

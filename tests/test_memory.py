@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from audioldm2_fast.chunking import chunked_along_time, time_chunks
-from audioldm2_fast.config import validate_config
-from audioldm2_fast.errors import ConfigError
-from audioldm2_fast.runner import compose_config
+from audioldm2_fast.accel.chunking import chunked_along_time, time_chunks
+from audioldm2_fast.config.validate import validate_config
+from audioldm2_fast.generator import compose_config
+from audioldm2_fast.runtime.errors import ConfigError
 
 TESTS = Path(__file__).resolve().parent
 NO_WRITER = "pipeline.chain=[text_encoders,prior,denoiser,vae_decoder,vocoder]"
@@ -135,7 +135,7 @@ def _peak_rss_growth_mb(*overrides: str) -> float:
     high-water mark is reset after the model loads, through /proc/self/clear_refs)."""
     script = (
         "import re, sys\n"
-        "from audioldm2_fast.runner import compose_config, Generator\n"
+        "from audioldm2_fast.generator import compose_config, Generator\n"
         "def status(key):\n"
         "    return int(re.search(key + r':\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
         "g = Generator(compose_config(sys.argv[1:]))\n"
@@ -180,9 +180,9 @@ GIB = 2**30
 @pytest.fixture(scope="module")
 def base_150s():
     """The published base model on ``meta``, 4 x 150 s with guidance: fp16 UNet, fp32 VAE and vocoder, on CUDA."""
-    from audioldm2_fast.budget import ACCELERATOR_MARGIN, ActivationTracer, Workload
+    from audioldm2_fast.accel.memory_plan import ACCELERATOR_MARGIN, ActivationTracer, Workload
     from audioldm2_fast.checkpoints.synthetic import SyntheticComponentStore, synthetic_config_dir
-    from audioldm2_fast.geometry import audio_geometry
+    from audioldm2_fast.stages.geometry import audio_geometry
 
     store = SyntheticComponentStore(synthetic_config_dir("audioldm2"))
     dtypes = {"denoiser": torch.float16, "vae_decoder": torch.float32, "vocoder": torch.float32}
@@ -219,14 +219,14 @@ def base_150s():
 
 
 def _plan(budget, work, *overrides, on_accelerator=True, allowed=None):
-    from audioldm2_fast.budget import plan_memory
+    from audioldm2_fast.accel.memory_plan import plan_memory
 
     cfg = compose_config(["checkpoint=tiny", "prompt=x", f"memory.budget_gb={budget}", *overrides])
     return plan_memory(cfg, work, on_accelerator, allowed)
 
 
 def test_live_tensor_bytes_counts_what_is_alive_at_once():
-    from audioldm2_fast.memtrace import LiveTensorBytes
+    from audioldm2_fast.accel.memtrace import LiveTensorBytes
 
     weight = torch.ones(1000)
     with LiveTensorBytes(ignore=[weight]) as mode:
@@ -244,8 +244,8 @@ def test_live_tensor_bytes_counts_what_is_alive_at_once():
 
 def test_meta_trace_equals_the_trace_of_a_real_run(tiny_dir):
     """On ``meta`` nothing is computed, yet the same tensors are made: the peak is the one a real run holds."""
-    from audioldm2_fast.checkpoints.loading import ComponentStore
-    from audioldm2_fast.memtrace import meta_twin, peak_activation_bytes
+    from audioldm2_fast.accel.memtrace import meta_twin, peak_activation_bytes
+    from audioldm2_fast.checkpoints.store import ComponentStore
     from audioldm2_fast.stages.vae_decoder import decode_latents
 
     vae = ComponentStore(tiny_dir).get("vae", torch.float32)
@@ -259,7 +259,7 @@ def test_meta_trace_equals_the_trace_of_a_real_run(tiny_dir):
 
 def test_the_tracer_bounds_a_trace_of_the_stages_own_chunked_code(base_150s):
     """The planner traces one sub-batch and one window; the stages run them all. Within 25%, never under."""
-    from audioldm2_fast.memtrace import peak_activation_bytes
+    from audioldm2_fast.accel.memtrace import peak_activation_bytes
     from audioldm2_fast.stages.denoiser import predict_noise
     from audioldm2_fast.stages.vae_decoder import decode_latents
     from audioldm2_fast.stages.vocoder import vocode
@@ -301,7 +301,7 @@ def test_margin_covers_the_stock_pipelines_measured_peaks(base_150s):
     """The stock pipeline, 4 x 150 s, everything in fp16, measured on an H100: 11.7 GB peak allocated without
     offload and 9.5 GB with model offload. The estimate for the same work must not fall under either, nor be far over
     (read as GiB, the larger of the two readings of GB)."""
-    from audioldm2_fast.budget import estimate_peak_bytes
+    from audioldm2_fast.accel.memory_plan import estimate_peak_bytes
 
     fp16 = dict.fromkeys(("denoiser", "vae_decoder", "vocoder"), torch.float16)
     work = base_150s(dtypes=fp16)
@@ -349,7 +349,7 @@ def test_without_a_budget_nothing_changes_and_a_tiny_budget_takes_every_step_tha
     plain = plain_gen.generate().waveforms
     roomy = make_generator(*common, "memory.budget_gb=100")
     assert np.array_equal(roomy.generate().waveforms, plain)
-    with caplog.at_level("INFO", logger="audioldm2_fast.budget"):
+    with caplog.at_level("INFO", logger="audioldm2_fast.accel.memory_plan"):
         tight = make_generator(*common, "memory.budget_gb=0.001")
     assert tight.cfg.memory.unet_batch_size == 1 and tight.cfg.memory.decode_batch_size == 1
     # 4 s is shorter than one VAE or vocoder chunk and one attention chunk: those steps would change nothing

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from audioldm2_fast.config import stage_placement, validate_config
-from audioldm2_fast.devices import DeviceInfo
-from audioldm2_fast.errors import ConfigError
-from audioldm2_fast.paths import config_groups
-from audioldm2_fast.runner import compose_config
+from audioldm2_fast.config.paths import config_groups
+from audioldm2_fast.config.validate import stage_placement, validate_config
+from audioldm2_fast.generator import compose_config
+from audioldm2_fast.runtime.devices import DeviceInfo
+from audioldm2_fast.runtime.errors import ConfigError
 
 H100 = DeviceInfo(type="cuda", name="NVIDIA H100", count=1, capability=(9, 0), bf16=True)
 V100 = DeviceInfo(type="cuda", name="Tesla V100", count=1, capability=(7, 0), bf16=False)
@@ -95,7 +95,7 @@ def test_text_side_runs_on_sdpa_where_transformers_has_it(make_generator):
 
 
 def test_attention_kernel_is_restricted_inside_listed_stages():
-    from audioldm2_fast.attention import attention_context
+    from audioldm2_fast.accel.attention import attention_context
 
     cfg = compose_config(["checkpoint=tiny", "prompt=x", "attention=math"])
     with attention_context(cfg, "denoiser"):
@@ -187,7 +187,7 @@ def test_a_length_on_a_bucket_edge_is_unchanged(make_generator):
 def test_compile_cache_dir_is_set_for_inductor(tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
-    from audioldm2_fast.compiling import configure_compile_cache
+    from audioldm2_fast.accel.compile import configure_compile_cache
 
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     explicit = configure_compile_cache(OmegaConf.create({"cache_dir": str(tmp_path / "c")}))
@@ -283,7 +283,7 @@ class FakeStage:
 
 
 def test_model_offload_keeps_only_the_running_stage_on_the_accelerator():
-    from audioldm2_fast.offload import make_offload
+    from audioldm2_fast.accel.offload import make_offload
 
     log: list = []
     stages = [
@@ -322,7 +322,7 @@ def test_manual_placement_across_two_devices(make_generator):
 
 
 def test_hook_offload_hooks_each_shared_module_once(make_generator, monkeypatch):
-    from audioldm2_fast.offload import SequentialOffload
+    from audioldm2_fast.accel.offload import SequentialOffload
 
     gen = make_generator("prompt=x", "num_waveforms=2")
     gen.stages[-2]._ensure_loaded()  # the ranker shares CLAP with text_encoders

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import soundfile as sf
 
-from audioldm2_fast.audio_io import prompt_slug
+from audioldm2_fast.outputs.files import prompt_slug
 
 MANIFEST_FIELDS = {
     "path",

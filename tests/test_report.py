@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audioldm2_fast.spectrogram import log_mel
+from audioldm2_fast.outputs.spectrogram import log_mel
 from browser import dump_dom, needs_chromium, screenshot
 from test_cli import _run
 
@@ -42,7 +42,7 @@ def test_every_file_gets_a_spectrogram_titled_with_its_settings(make_generator, 
 
 
 def test_spectrogram_title_and_mel_content():
-    from audioldm2_fast.spectrogram import spectrogram_title
+    from audioldm2_fast.outputs.spectrogram import spectrogram_title
 
     row = {"prompt": "rain", "seed": 7, "candidate": 1, "rank": 1, "score": 0.25, "checkpoint": "tiny", "steps": 2,
            "scheduler": "ddim", "guidance_scale": 3.5, "audio_length_s": 1.0, "sample_rate": 16000}  # fmt: skip

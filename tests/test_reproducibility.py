@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from audioldm2_fast.provenance import config_hash, library_versions
-from audioldm2_fast.runner import compose_config
+from audioldm2_fast.generator import compose_config
+from audioldm2_fast.outputs.provenance import config_hash, library_versions
 
 ARGS = ["checkpoint=tiny", "prompt=[rain,a dog barking]", "num_waveforms=2", "steps=3", "audio_length_s=0.5",
         "scheduler=dpm_sde", "seed=7", "output.subtype=FLOAT"]  # fmt: skip

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from audioldm2_fast.errors import ConfigError
+from audioldm2_fast.runtime.errors import ConfigError
 from audioldm2_fast.stages import STAGES, Stage, register_stage, resolve_stage_class
 
 BUILTIN = ["text_encoders", "prior", "denoiser", "vae_decoder", "vocoder", "ranker", "writer"]

@@ -81,9 +81,9 @@ def test_parameter_counts_on_meta(config):
 
 
 def test_config_resolves_to_the_packaged_dir_and_a_synthetic_store():
-    from audioldm2_fast.checkpoints.loading import ComponentStore
     from audioldm2_fast.checkpoints.resolve import resolve_checkpoint
-    from audioldm2_fast.runner import compose_config
+    from audioldm2_fast.checkpoints.store import ComponentStore
+    from audioldm2_fast.generator import compose_config
 
     for config in SYNTHETIC_CONFIGS:
         cfg = compose_config([f"checkpoint=synthetic-{config}", "checkpoint.synthetic.seed=3"])
@@ -96,7 +96,7 @@ def test_config_resolves_to_the_packaged_dir_and_a_synthetic_store():
 
 
 def test_disk_store_accepts_and_ignores_a_device(tiny_dir):
-    from audioldm2_fast.checkpoints.loading import ComponentStore
+    from audioldm2_fast.checkpoints.store import ComponentStore
 
     module = ComponentStore(tiny_dir).get("projection_model", torch.float16, "meta")
     assert next(module.parameters()).device.type == "cpu"  # disk checkpoints always load on the CPU

@@ -10,7 +10,7 @@ __all__ = ["Generator", "GenerationResult", "__version__"]
 def __getattr__(name: str):
     # Lazy, so that `audioldm2-fast --help` and config validation do not import diffusers.
     if name in ("Generator", "GenerationResult"):
-        from . import runner
+        from . import generator
 
-        return getattr(runner, name)
+        return getattr(generator, name)
     raise AttributeError(name)

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import hydra
 from omegaconf import DictConfig
 
-from .errors import Audioldm2FastError, ConfigError, ItemsFailedError
-from .paths import conf_dir, config_groups
+from .config.paths import conf_dir, config_groups
+from .runtime.errors import Audioldm2FastError, ConfigError, ItemsFailedError
 
 log = logging.getLogger("audioldm2_fast")
 
@@ -79,7 +79,7 @@ def check_overrides(argv: Sequence[str]) -> DictConfig | None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from .argv_checks import check_added_key, check_flags
+    from .config.overrides import check_added_key, check_flags
 
     location = check_flags(argv)
     overrides, multirun, info_only = _split_argv(argv)
@@ -114,7 +114,7 @@ def check_overrides(argv: Sequence[str]) -> DictConfig | None:
         prefix = override.get_key_element()
         first_values.append(override.input_line if first is None else f"{prefix}={first}")
 
-    from .runner import compose_config
+    from .generator import compose_config
 
     def compose(values: list[str]) -> DictConfig:
         return compose_config(values, location.config_name, location.config_dir)
@@ -135,12 +135,12 @@ def check_overrides(argv: Sequence[str]) -> DictConfig | None:
             raise ConfigError(match.group(1), "unknown key (check the spelling; --cfg job lists every key)") from None
         raise ConfigError("", message) from None
     if multirun and cfg.get("prompts_file") is not None:
-        from .items import read_items
+        from .batch.items import read_items
 
         read_items(cfg)  # a malformed prompts file fails once, before any job starts
     if not multirun:
         from .checkpoints.resolve import resolve_checkpoint
-        from .config import validate_config
+        from .config.validate import validate_config
 
         validate_config(cfg)
         if cfg.task not in ("doctor", "merge"):
@@ -158,7 +158,7 @@ def run_task(cfg: DictConfig) -> dict:
     from hydra.core.hydra_config import HydraConfig
 
     if cfg.task == "merge":
-        from .merge import run_merge
+        from .batch.merge import run_merge
 
         return run_merge(cfg)
     if cfg.output.get("dir") is None:
@@ -166,7 +166,7 @@ def run_task(cfg: DictConfig) -> dict:
     if cfg.task == "benchmark":
         return _benchmark(cfg)
     if cfg.get("prompts_file") is not None:
-        from .batch import run_batch
+        from .batch.run import run_batch
 
         return run_batch(cfg)
     return _generate(cfg)
@@ -175,7 +175,7 @@ def run_task(cfg: DictConfig) -> dict:
 def _benchmark(cfg: DictConfig) -> dict:
     from pathlib import Path
 
-    from .benchmark import format_table, run_benchmark
+    from .tasks.benchmark import format_table, run_benchmark
 
     report = run_benchmark(cfg, Path(cfg.output.dir))
     print(format_table(report))
@@ -200,7 +200,7 @@ def _benchmark(cfg: DictConfig) -> dict:
 def _generate(cfg: DictConfig) -> dict:
     from pathlib import Path
 
-    from .runner import Generator
+    from .generator import Generator
 
     generator = Generator(cfg)
     result = generator.generate()
@@ -250,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except Audioldm2FastError as exc:
         _fail(exc)
     if cfg is not None and cfg.task == "doctor" and "-m" not in argv and "--multirun" not in argv:
-        from .doctor import run_doctor
+        from .tasks.doctor import run_doctor
 
         sys.exit(run_doctor())  # no Hydra run: the doctor writes nothing
     sys.argv = [PROG, *argv]
@@ -264,7 +264,7 @@ def _quiet_libraries() -> None:
     import diffusers
     import transformers
 
-    from .progress import silence_library_bars
+    from .runtime.progress import silence_library_bars
 
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
     silence_library_bars()

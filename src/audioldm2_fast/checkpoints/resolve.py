@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import CheckpointError, ConfigError
+from ..runtime.errors import CheckpointError, ConfigError
 
 # Files a text-to-audio run needs; pickle weights (*.bin, *.pt, *.ckpt) are never fetched.
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model"]

@@ -58,7 +58,7 @@ from typing import Any
 
 import torch
 
-from .loading import ALLOWED_CLASSES, PROCESSORS, ComponentStore, _import_class
+from .store import ALLOWED_CLASSES, PROCESSORS, ComponentStore, _import_class
 
 CONFIG_ROOT = Path(__file__).resolve().parent / "configs"
 SYNTHETIC_CONFIGS = ("audioldm2", "audioldm2-large", "audioldm2-music")
@@ -100,7 +100,7 @@ _DTYPE_KEYS = ("torch_dtype", "dtype")
 def synthetic_config_dir(config: str) -> Path:
     """The packaged config directory of one published checkpoint (``audioldm2``, ``audioldm2-large``, ...)."""
     if config not in SYNTHETIC_CONFIGS:
-        from ..errors import ConfigError
+        from ..runtime.errors import ConfigError
 
         raise ConfigError("checkpoint.synthetic.config", f"must be one of {list(SYNTHETIC_CONFIGS)} (got {config!r})")
     return CONFIG_ROOT / config
@@ -196,7 +196,7 @@ class SyntheticComponentStore(ComponentStore):
         return self._loaded[name]
 
     def _load(self, name: str, dtype: torch.dtype | None, device: torch.device | str | None = None) -> Any:
-        from ..errors import CheckpointError
+        from ..runtime.errors import CheckpointError
 
         library, class_name = self.index.get(name, [None, None])
         if class_name is None:

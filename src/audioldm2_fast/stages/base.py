@@ -8,8 +8,8 @@ import torch
 from omegaconf import DictConfig
 
 if TYPE_CHECKING:
-    from ..checkpoints.loading import ComponentStore
-    from ..state import GenerationState
+    from ..checkpoints.store import ComponentStore
+    from .state import GenerationState
 
 #: Set on a module whose placement is managed by offload hooks; ``Stage.place`` leaves such modules alone.
 HOOKED = "_audioldm2_fast_offload_hooked"

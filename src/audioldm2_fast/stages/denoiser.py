@@ -7,13 +7,13 @@ import inspect
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..chunking import run_in_sub_batches
-from ..geometry import AudioGeometry, audio_geometry
-from ..progress import progress_bar
-from ..schedulers import build_scheduler
-from ..state import GenerationState
+from ..accel.chunking import run_in_sub_batches
+from ..runtime.progress import progress_bar
 from .base import Stage
+from .geometry import AudioGeometry, audio_geometry
 from .registry import register_stage
+from .schedulers import build_scheduler
+from .state import GenerationState
 
 
 def predict_noise(

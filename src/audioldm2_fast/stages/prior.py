@@ -12,9 +12,9 @@ import inspect
 
 import torch
 
-from ..state import GenerationState
 from .base import Stage
 from .registry import register_stage
+from .state import GenerationState
 
 
 def _cache_kwarg(model: torch.nn.Module) -> str:

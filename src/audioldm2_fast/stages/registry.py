@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
-from ..errors import ConfigError
+from ..runtime.errors import ConfigError
 from .base import Stage
 
 STAGES: dict[str, type[Stage]] = {}

@@ -11,9 +11,9 @@ import logging
 
 import torch
 
-from ..state import GenerationState
 from .base import Stage
 from .registry import register_stage
+from .state import GenerationState
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
-from ..chunking import chunked_along_time, run_in_sub_batches
-from ..state import GenerationState
+from ..accel.chunking import chunked_along_time, run_in_sub_batches
 from .base import Stage
 from .registry import register_stage
+from .state import GenerationState
 
 
 def decode_latents(vae: torch.nn.Module, latents: torch.Tensor, memory: Mapping[str, Any]) -> torch.Tensor:

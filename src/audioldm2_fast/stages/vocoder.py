@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..chunking import chunked_along_time, run_in_sub_batches
-from ..state import GenerationState
+from ..accel.chunking import chunked_along_time, run_in_sub_batches
 from .base import Stage
 from .registry import register_stage
+from .state import GenerationState
 
 
 def vocode(vocoder: torch.nn.Module, mel: torch.Tensor, memory: Mapping[str, Any]) -> torch.Tensor:

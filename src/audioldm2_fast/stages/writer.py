@@ -8,17 +8,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio_io import EXTENSIONS, append_jsonl, prompt_slug, reserve_path, write_audio
-from ..errors import OutputError
-from ..finishing import finish_audio, trim_record
-from ..finite import SILENCE_DBFS, is_silent
-from ..items import manifest_name
-from ..provenance import provenance, save_config
-from ..report import write_run_report
-from ..spectrogram import write_spectrogram
-from ..state import GenerationState
+from ..batch.items import manifest_name
+from ..outputs.files import EXTENSIONS, append_jsonl, prompt_slug, reserve_path, write_audio
+from ..outputs.finishing import finish_audio, trim_record
+from ..outputs.provenance import provenance, save_config
+from ..outputs.report import write_run_report
+from ..outputs.spectrogram import write_spectrogram
+from ..runtime.errors import OutputError
 from .base import Stage
+from .finite import SILENCE_DBFS, is_silent
 from .registry import register_stage
+from .state import GenerationState
 
 log = logging.getLogger(__name__)
 

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from omegaconf import DictConfig, open_dict
 
-from .errors import ConfigError
+from ..runtime.errors import ConfigError
 
 if TYPE_CHECKING:
-    from .geometry import AudioGeometry
-    from .stages.base import Stage
+    from ..stages.base import Stage
+    from ..stages.geometry import AudioGeometry
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +120,8 @@ class ActivationTracer:
     def _denoiser(self, memory: Mapping[str, Any]) -> int:
         from diffusers.models.attention_processor import AttnProcessor2_0
 
+        from ..stages.denoiser import predict_noise
         from .chunking import ChunkedAttnProcessor
-        from .stages.denoiser import predict_noise
 
         rows = min(memory.get("unet_batch_size") or self.unet_rows, self.unet_rows)
         chunk = memory.get("attention_chunk_size")
@@ -149,7 +149,7 @@ class ActivationTracer:
         return frames if not chunk or chunk >= frames else min(frames, chunk + 2 * overlap)
 
     def _vae(self, memory: Mapping[str, Any]) -> int:
-        from .stages.vae_decoder import decode_latents
+        from ..stages.vae_decoder import decode_latents
 
         rows = min(memory.get("decode_batch_size") or self.waveforms, self.waveforms)
         vae, dtype = self.modules["vae_decoder"], self.dtypes["vae_decoder"]
@@ -165,7 +165,7 @@ class ActivationTracer:
         return self._memo(("vae_decoder", rows, frames), trace)
 
     def _vocoder(self, memory: Mapping[str, Any]) -> int:
-        from .stages.vocoder import vocode
+        from ..stages.vocoder import vocode
 
         rows = min(memory.get("decode_batch_size") or self.waveforms, self.waveforms)
         vocoder, dtype = self.modules["vocoder"], self.dtypes["vocoder"]
@@ -331,9 +331,9 @@ def workload(cfg: DictConfig, stages: list[Stage], geometry: AudioGeometry, num_
 def plan_for_generator(cfg: DictConfig, stages: list[Stage]) -> dict[str, Any]:
     """Plan ``memory.budget_gb`` for a Generator's loaded (not yet placed) stages, apply it to ``cfg``, log it and
     return it (recorded in ``benchmark.json``, to compare the estimate with the measured peak)."""
-    from .compat import check_combinations
-    from .config import prompt_list
-    from .devices import probe_device
+    from ..config.rules import check_combinations
+    from ..config.validate import prompt_list
+    from ..runtime.devices import probe_device
 
     denoiser = next(s for s in stages if s.name == "denoiser")
     geometry = denoiser.geometry(cfg.audio_length_s)

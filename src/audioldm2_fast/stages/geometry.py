@@ -48,7 +48,7 @@ def audio_geometry(
         height = bucket_frames(height, length_bucket_s, hop_s, vae_scale_factor)
     minimum = hop_s * vae_scale_factor
     if audio_length_s < minimum:
-        from .errors import ConfigError
+        from ..runtime.errors import ConfigError
 
         raise ConfigError("audio_length_s", f"must be at least {float(minimum):g} s for this checkpoint")
     return AudioGeometry(

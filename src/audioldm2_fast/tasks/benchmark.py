@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .runner import GenerationResult, Generator
+from ..generator import GenerationResult, Generator
 
 
 def _sync(device: torch.device) -> None:
@@ -244,7 +244,7 @@ def run_benchmark(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     if not cfg.benchmark.get("save", True):
         report["path"] = None
         return report
-    from .audio_io import reserve_path, write_bytes
+    from ..outputs.files import reserve_path, write_bytes
 
     output_dir.mkdir(parents=True, exist_ok=True)
     path = reserve_path(output_dir, "benchmark", ".json")  # never replaces an earlier report

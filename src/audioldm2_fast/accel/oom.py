@@ -7,7 +7,7 @@ import re
 import torch
 from omegaconf import DictConfig
 
-from .errors import OutOfMemory
+from ..runtime.errors import OutOfMemory
 
 
 def _gib(value: float) -> str:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 
 def conf_dir() -> Path:
-    packaged = Path(__file__).resolve().parent / "conf"
+    packaged = Path(__file__).resolve().parents[1] / "conf"
     if packaged.is_dir():
         return packaged
-    return Path(__file__).resolve().parents[2] / "conf"
+    return Path(__file__).resolve().parents[3] / "conf"
 
 
 def config_groups(extra_dir: Path | None = None) -> dict[str, list[str]]:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from omegaconf import DictConfig
 
-from .stages.base import HOOKED, Stage
+from ..stages.base import HOOKED, Stage
 
 
 class NoOffload:

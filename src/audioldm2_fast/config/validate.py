@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from .devices import Probe, probe_device, resolve_device
-from .errors import ConfigError
+from ..runtime.devices import Probe, probe_device, resolve_device
+from ..runtime.errors import ConfigError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PRECISIONS = {*DTYPES, "auto"}
@@ -156,10 +156,10 @@ def validate_config(cfg: DictConfig, probe: Probe = probe_device) -> None:
     if cfg.get("task") not in TASKS:
         raise ConfigError("task", f"unknown task {cfg.get('task')!r}; choose one of {', '.join(TASKS)}")
     if cfg.task == "merge":
-        from .merge import validate_merge_config
+        from ..batch.merge import validate_merge_config
 
         return validate_merge_config(cfg)
-    from .items import validate_batch_config
+    from ..batch.items import validate_batch_config
 
     validate_batch_config(cfg)
     prompt = cfg.get("prompt")
@@ -194,7 +194,7 @@ def validate_config(cfg: DictConfig, probe: Probe = probe_device) -> None:
     _validate_stages(cfg, probe)
     _validate_checkpoint(cfg)
 
-    from .compat import check_combinations
+    from .rules import check_combinations
 
     check_combinations(cfg, probe)
 
@@ -223,13 +223,13 @@ def _validate_output(cfg: DictConfig) -> None:
 
         if not isinstance(out_dir, str) or not out_dir.strip():
             raise ConfigError("output.dir", f"must be a directory path (got {out_dir!r})")
-        from .writability import check_writable_dir
+        from ..runtime.writability import check_writable_dir
 
         check_writable_dir(Path(out_dir).expanduser(), "output.dir")
 
 
 def _validate_finishing(cfg: DictConfig) -> None:
-    from .finishing import NORMALIZE
+    from ..outputs.finishing import NORMALIZE
 
     for key in ("spectrogram", "report", "trim"):
         if not isinstance(cfg.output.get(key, True), bool):
@@ -270,7 +270,7 @@ def _validate_benchmark(cfg: DictConfig) -> None:
 
 
 def _validate_scheduler(cfg: DictConfig) -> None:
-    from .schedulers import scheduler_class
+    from ..stages.schedulers import scheduler_class
 
     scheduler_class(cfg.scheduler)  # raises ConfigError for unknown or incompatible classes
     _int(cfg, "scheduler.default_steps", 1)
@@ -283,7 +283,7 @@ def _validate_scheduler(cfg: DictConfig) -> None:
 
 
 def _validate_stages(cfg: DictConfig, probe: Probe) -> None:
-    from .stages.registry import resolve_stage_class
+    from ..stages.registry import resolve_stage_class
 
     chain = cfg.pipeline.get("chain")
     if not isinstance(chain, (list, ListConfig)) or not chain:
@@ -302,13 +302,13 @@ def _validate_stages(cfg: DictConfig, probe: Probe) -> None:
 def _validate_checkpoint(cfg: DictConfig) -> None:
     from pathlib import Path
 
-    from .checkpoints.resolve import read_model_index
+    from ..checkpoints.resolve import read_model_index
 
     ckpt = cfg.checkpoint
     if not isinstance(ckpt.get("allow_pickle", False), bool):
         raise ConfigError("checkpoint.allow_pickle", f"must be true or false (got {ckpt.get('allow_pickle')!r})")
     if str(ckpt.get("name") or "").startswith("synthetic-"):
-        from .checkpoints.synthetic import SYNTHETIC_CONFIGS
+        from ..checkpoints.synthetic import SYNTHETIC_CONFIGS
 
         config = (ckpt.get("synthetic") or {}).get("config")
         if config not in SYNTHETIC_CONFIGS:

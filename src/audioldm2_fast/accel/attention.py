@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 if TYPE_CHECKING:
-    from .stages.base import Stage
+    from ..stages.base import Stage
 
 
 def _backends(name: str) -> list[SDPBackend] | None:

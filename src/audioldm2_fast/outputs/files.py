@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import OutputError
+from ..runtime.errors import OutputError
 
 EXTENSIONS = {"wav": ".wav", "flac": ".flac", "ogg": ".ogg", "mp3": ".mp3"}
 

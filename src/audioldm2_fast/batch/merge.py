@@ -14,8 +14,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from .batch import read_manifest, write_manifest
-from .errors import ConfigError
+from ..runtime.errors import ConfigError
+from .run import read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 

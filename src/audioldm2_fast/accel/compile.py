@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig
 
 if TYPE_CHECKING:
-    from .stages.base import Stage
+    from ..stages.base import Stage
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def configure_compile_cache(ccfg: DictConfig) -> Path | None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        from .errors import ConfigError
+        from ..runtime.errors import ConfigError
 
         raise ConfigError("compile.cache_dir", f"cannot create {str(path)!r}: {exc.strerror or exc}") from None
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)

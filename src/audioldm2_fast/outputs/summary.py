@@ -16,7 +16,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from .audio_io import write_bytes
+from .files import write_bytes
 
 COLUMNS = [
     "job", "overrides", "status", "error", "e2e_s", "first_call_s", "load_s", "denoiser_s", "peak_allocated_mb",
@@ -126,7 +126,7 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         write_summary(Path(config.hydra.sweep.dir))
         if any(str(o).startswith("shard.index=") for o in config.hydra.overrides.task):
-            from .merge import run_merge
+            from ..batch.merge import run_merge
 
             # One manifest.jsonl for the shards: in their shared output.dir, or else over the job dirs.
             root = config.get("output", {}).get("dir") or config.hydra.sweep.dir

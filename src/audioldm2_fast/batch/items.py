@@ -24,8 +24,8 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig
 
-from .audio_io import prompt_slug
-from .errors import ConfigError
+from ..outputs.files import prompt_slug
+from ..runtime.errors import ConfigError
 
 SUFFIXES = (".txt", ".jsonl", ".csv")
 FIELDS = ("prompt", "negative_prompt", "seed", "name", "audio_length_s", "num_waveforms")
@@ -220,7 +220,7 @@ def _make_items(cfg: DictConfig, checked: list[tuple[int, dict[str, Any]]]) -> l
 
 def validate_batch_config(cfg: DictConfig) -> None:
     """``prompts_file``, ``batch_size`` and ``shard``: checked (the file parsed) before anything loads."""
-    from .config import _int
+    from ..config.validate import _int
 
     _int(cfg, "batch_size", 1)
     _int(cfg, "shard.count", 1)

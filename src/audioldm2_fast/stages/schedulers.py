@@ -6,7 +6,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import ConfigError
+from ..runtime.errors import ConfigError
 
 
 def scheduler_class(scfg: DictConfig) -> type:

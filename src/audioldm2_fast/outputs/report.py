@@ -13,7 +13,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from .audio_io import EXTENSIONS, write_bytes
+from .files import EXTENSIONS, write_bytes
 
 REPORT = "report.html"
 _AUDIO_EXTENSIONS = tuple(EXTENSIONS.values())

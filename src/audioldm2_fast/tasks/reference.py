@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from .runner import Generator
+    from ..generator import Generator
 
 COMPONENTS = (
     "vae",
@@ -56,7 +56,7 @@ class DiffusersReference:
     def __init__(self, generator: Generator):
         from diffusers import AudioLDM2Pipeline
 
-        from .schedulers import build_scheduler
+        from ..stages.schedulers import build_scheduler
 
         cfg = generator.cfg
         denoiser = next(s for s in generator.stages if s.name == "denoiser")
@@ -82,7 +82,7 @@ class DiffusersReference:
         # Keep generation order (the stock scorer re-ranks across the batch when librosa is installed), so that
         # outputs compare one to one; ranking is not part of the reference's time.
         self.pipe.score_waveforms = lambda text, audio, num_waveforms_per_prompt, device, dtype: audio
-        from .compiling import effective_mode
+        from ..accel.compile import effective_mode
 
         if effective_mode(str(cfg.compile.mode), self.device) != "none" and "denoiser" in cfg.compile.stages:
             self.pipe.unet = torch.compile(self.pipe.unet, mode="reduce-overhead", fullgraph=True)

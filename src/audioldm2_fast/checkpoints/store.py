@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError
+from ..runtime.errors import CheckpointError
 from .resolve import read_model_index
 from .safety import weight_files
 

@@ -16,18 +16,18 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .attention import apply_attention_processors, attention_context
+from .accel.attention import apply_attention_processors, attention_context
+from .accel.compile import compile_stage
+from .accel.offload import make_offload
 from .checkpoints.resolve import resolve_checkpoint
 from .checkpoints.synthetic import make_store
-from .compiling import compile_stage
-from .config import negative_prompt_list, prompt_list, stage_placement, validate_config
-from .finite import check_stage_output, describe, tensor_fields
-from .offload import make_offload
-from .progress import progress_bar, silence_library_bars
-from .schedulers import num_steps
+from .config.validate import negative_prompt_list, prompt_list, stage_placement, validate_config
+from .runtime.progress import progress_bar, silence_library_bars
 from .stages.base import Stage
+from .stages.finite import check_stage_output, describe, tensor_fields
 from .stages.registry import resolve_stage_class
-from .state import GenerationState
+from .stages.schedulers import num_steps
+from .stages.state import GenerationState
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def compose_config(
     """
     from hydra import compose, initialize_config_dir
 
-    from .paths import conf_dir
+    from .config.paths import conf_dir
 
     extra = [f"hydra.searchpath=[file://{config_dir}]"] if config_dir is not None else []
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
@@ -106,7 +106,7 @@ class Generator:
             stage.setup()
         self.memory_plan: dict[str, Any] | None = None
         if budget:
-            from .budget import plan_for_generator
+            from .accel.memory_plan import plan_for_generator
 
             self.memory_plan = plan_for_generator(cfg, self.stages)
         for stage in self.stages:
@@ -169,7 +169,7 @@ class Generator:
                 with attention_context(self.cfg, stage.name):
                     state = stage(state)
             except torch.OutOfMemoryError as exc:
-                from .oom import describe_oom
+                from .accel.oom import describe_oom
 
                 raise describe_oom(exc, stage.name, stage.device, self.cfg) from None
             for item in check_stage_output(state, stage.name, before):

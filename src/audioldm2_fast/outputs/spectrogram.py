@@ -81,7 +81,7 @@ def spectrogram_title(row: dict) -> str:
 
 def write_spectrogram(out_dir: Path, audio_path: Path, audio: np.ndarray, sample_rate: int, row: dict) -> str:
     """Render the PNG next to ``audio_path`` (same stem, never overwriting); return its path relative to out_dir."""
-    from .audio_io import reserve_path, write_bytes
+    from .files import reserve_path, write_bytes
 
     png = reserve_path(out_dir, audio_path.stem, ".png")
     try:

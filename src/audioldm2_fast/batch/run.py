@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from .audio_io import write_bytes
-from .errors import ConfigError, OutOfMemory, OutputError, StageError
+from ..outputs.files import write_bytes
+from ..runtime.errors import ConfigError, OutOfMemory, OutputError, StageError
+from ..runtime.progress import progress_bar
 from .items import Item, manifest_name, read_items, shard_items
-from .progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def batch_settings(cfg: DictConfig) -> dict[str, Any]:
     """The settings an item's audio depends on besides its own fields; a resumed run must use the same."""
     from omegaconf import OmegaConf
 
-    from .schedulers import num_steps
+    from ..stages.schedulers import num_steps
 
     ckpt = cfg.checkpoint
     scheduler_config = cfg.scheduler.get("config")
@@ -199,7 +199,7 @@ def _state(generator: Any, batch: list[Item]):
 
 def run_batch(cfg: DictConfig, generator: Any = None) -> dict[str, Any]:
     """Generate every item of this shard that is not complete yet; print a final line whatever happens."""
-    from .config import validate_config
+    from ..config.validate import validate_config
 
     t0 = time.perf_counter()
     validate_config(cfg)  # a multirun job gets here unchecked; nothing below may see a bad value
@@ -218,7 +218,7 @@ def run_batch(cfg: DictConfig, generator: Any = None) -> dict[str, Any]:
     try:
         if pending:
             if generator is None:
-                from .runner import Generator
+                from ..generator import Generator
 
                 generator = Generator(cfg)
                 load_s = generator.load_time_s
@@ -244,7 +244,7 @@ def run_batch(cfg: DictConfig, generator: Any = None) -> dict[str, Any]:
                         audio_s += sum(r["audio_length_s"] for r in result.records)
                     bar.update(len(batch))
             if counts["done"] and cfg.output.get("report", True) and "writer" in cfg.pipeline.chain:
-                from .report import write_run_report
+                from ..outputs.report import write_run_report
 
                 write_run_report(out_dir)  # once per run: rebuilding it per batch would reread the whole manifest
     finally:

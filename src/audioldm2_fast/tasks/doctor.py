@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TextIO
 
-from .errors import EnvironmentProblem
+from ..runtime.errors import EnvironmentProblem
 
 DIST = "audioldm2-fast"
 #: Shown first, in this order, with the range pyproject.toml asks for.
@@ -60,7 +60,7 @@ def _source_tree_requirements() -> list[str]:
         import tomllib
     except ImportError:
         return []
-    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    pyproject = Path(__file__).resolve().parents[3] / "pyproject.toml"
     if not pyproject.is_file():
         return []
     project = tomllib.loads(pyproject.read_text()).get("project", {})
@@ -68,7 +68,7 @@ def _source_tree_requirements() -> list[str]:
 
 
 def _version(dist: str) -> str | None:
-    from .provenance import installed_version
+    from ..outputs.provenance import installed_version
 
     return installed_version(dist)
 
@@ -160,12 +160,12 @@ def check_incompatibilities() -> Iterator[Check]:
 
 
 def check_default_settings() -> Iterator[Check]:
-    from .errors import Audioldm2FastError
+    from ..runtime.errors import Audioldm2FastError
 
     try:
-        from .checkpoints.resolve import resolve_checkpoint
-        from .config import validate_config
-        from .runner import compose_config
+        from ..checkpoints.resolve import resolve_checkpoint
+        from ..config.validate import validate_config
+        from ..generator import compose_config
 
         cfg = compose_config(["prompt=doctor"])
         validate_config(cfg)
@@ -182,7 +182,7 @@ def check_default_settings() -> Iterator[Check]:
 def _default_checkpoint_cached() -> Iterator[Check]:
     from huggingface_hub import try_to_load_from_cache
 
-    from .runner import compose_config
+    from ..generator import compose_config
 
     repo = compose_config([]).checkpoint.repo_id
     try:

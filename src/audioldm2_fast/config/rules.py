@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, ListConfig
 
-from .devices import DeviceInfo, Probe
-from .errors import ConfigError
+from ..runtime.devices import DeviceInfo, Probe
+from ..runtime.errors import ConfigError
 
 ATTENTION_BACKENDS = ("sdpa", "math", "flash", "efficient", "cudnn", "sliced", "xformers")
 COMPILE_MODES = ("none", "auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -127,7 +127,7 @@ def rule_compile(plan: Plan) -> None:
     if cache_dir is not None and (not isinstance(cache_dir, str) or Path(cache_dir).expanduser().is_file()):
         raise ConfigError("compile.cache_dir", f"must be null or a directory path (got {cache_dir!r})")
     if mode == "auto":  # the mode each compiled stage will really get
-        from .compiling import effective_mode
+        from ..accel.compile import effective_mode
 
         modes = {effective_mode(mode, plan.placements[s][0]) for s in stages if s in plan.placements}
         mode = next((m for m in modes if m != "none"), "none")
@@ -184,7 +184,7 @@ RULES: list[Callable[[Plan], None]] = [
 
 
 def check_combinations(cfg: DictConfig, probe: Probe) -> None:
-    from .config import stage_placement
+    from .validate import stage_placement
 
     placements = {name: stage_placement(cfg, name, probe) for name in cfg.pipeline.chain}
     plan = Plan(cfg=cfg, probe=probe, placements=placements)
