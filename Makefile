@@ -24,6 +24,7 @@ test: $(BIN)/audioldm2-fast
 lint: $(BIN)/audioldm2-fast
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
+	$(BIN)/lint-imports
 
 format: $(BIN)/audioldm2-fast
 	$(BIN)/ruff format src tests

@@ -11,8 +11,7 @@ os.environ.setdefault("AUDIOLDM2_FAST_CACHE", str(Path(__file__).resolve().paren
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "inductor"))
 
-# Short audio and few steps keep the CPU suite fast; parity does not depend on either.
-FAST = ["checkpoint=tiny", "audio_length_s=1.0", "steps=4"]
+from support import FAST
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +24,7 @@ def tiny_dir() -> Path:
 @pytest.fixture
 def make_generator(tmp_path):
     from audioldm2_fast import Generator
-    from audioldm2_fast.generator import compose_config
+    from audioldm2_fast.config.compose import compose_config
 
     def make(*overrides: str, out: Path | None = None):
         cfg = compose_config([*FAST, f"output.dir={out or tmp_path / 'out'}", *overrides])

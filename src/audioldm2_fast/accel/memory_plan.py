@@ -1,4 +1,4 @@
-"""``memory.budget_gb``: choose the cheapest memory settings whose estimated peak fits the budget.
+"""The planner behind ``memory.budget_gb``: choose the cheapest memory settings whose estimated peak fits the budget.
 
 Options are tried from cheapest to dearest, each kept only if it lowers the estimate: exact ones first (decoder
 sub-batches, guidance halves one after the other, one waveform per UNet call, vocoder chunks, attention chunks), then
@@ -6,11 +6,12 @@ model offload, then approximate VAE chunks, then sequential offload; once the pl
 made unnecessary is dropped again. Settings the user gave explicitly are never changed. The peak is an estimate: the
 weights resident on the device plus the largest stage's activations, traced on ``meta`` twins of the modules at the
 request's exact shapes (``memtrace``), times a margin for kernel workspaces on an accelerator (README: long audio).
-Without a budget nothing here runs."""
+Without a budget nothing here runs. It plans before any weights load, from ``meta`` twins built from the components'
+configs, so that the plan is a new config value the chain is then built from."""
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -18,12 +19,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-from omegaconf import DictConfig, open_dict
+from diffusers.models.attention_processor import AttnProcessor2_0
+from omegaconf import DictConfig, OmegaConf
 
+from ..config.validate import check_plan
 from ..runtime.errors import ConfigError
+from ..stages.denoiser import predict_noise, store_geometry
+from ..stages.vae_decoder import decode_latents
+from ..stages.vocoder import vocode
+from .chunked_attention import ChunkedAttnProcessor
+from .memtrace import meta_twin, peak_activation_bytes
 
 if TYPE_CHECKING:
-    from ..stages.base import Stage
     from ..stages.geometry import AudioGeometry
 
 log = logging.getLogger(__name__)
@@ -34,7 +41,6 @@ GIB = 2**30
 # 4 x 150 s on the base model (11.7 GB without offload, 9.5 GB with model offload; README: long audio).
 ACCELERATOR_MARGIN = 1.75
 T5_TOKENS = 128  # the T5 tokenizer's limit: the longest prompt the UNet's second cross-attention sees
-FUSED_BACKENDS = ("sdpa", "flash", "efficient", "cudnn", "xformers")
 
 
 @dataclass
@@ -47,18 +53,18 @@ class Workload:
     activations: Callable[[str, Mapping[str, Any]], float]  # (stage, memory settings) -> peak bytes, margin included
 
 
-def stage_weight_bytes(stages: list[Stage]) -> dict[str, int]:
+def stage_weight_bytes(modules: Mapping[str, Mapping[str, torch.nn.Module]]) -> dict[str, int]:
+    """Bytes of weights per stage (``{stage: {component: module}}``); a module shared by stages counts once."""
     seen: set[int] = set()
     sizes: dict[str, int] = {}
-    for stage in stages:
+    for stage, components in modules.items():
         total = 0
-        for module in stage.modules.values():
-            if isinstance(module, torch.nn.Module):
-                for p in module.parameters():
-                    if id(p) not in seen:
-                        seen.add(id(p))
-                        total += p.numel() * p.element_size()
-        sizes[stage.name] = total
+        for module in components.values():
+            for p in module.parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    total += p.numel() * p.element_size()
+        sizes[stage] = total
     return sizes
 
 
@@ -87,8 +93,6 @@ class ActivationTracer:
         fused: Mapping[str, bool] | None = None,
         margin: Mapping[str, float] | None = None,
     ):
-        from .memtrace import meta_twin
-
         dtypes = dtypes or {}
         self.geometry, self.unet_rows, self.waveforms = geometry, unet_rows, waveforms
         self.dtypes = {name: dtypes.get(name, torch.float32) for name in ("denoiser", "vae_decoder", "vocoder")}
@@ -113,15 +117,9 @@ class ActivationTracer:
         return self._cache[key]
 
     def _trace(self, stage: str, call: Callable[..., Any], *inputs: torch.Tensor) -> int:
-        from .memtrace import peak_activation_bytes
-
         return peak_activation_bytes(call, *inputs, module=self.modules[stage], fused=self.fused.get(stage, False))
 
     def _denoiser(self, memory: Mapping[str, Any]) -> int:
-        from diffusers.models.attention_processor import AttnProcessor2_0
-
-        from ..stages.denoiser import predict_noise
-        from .chunking import ChunkedAttnProcessor
 
         rows = min(memory.get("unet_batch_size") or self.unet_rows, self.unet_rows)
         chunk = memory.get("attention_chunk_size")
@@ -149,8 +147,6 @@ class ActivationTracer:
         return frames if not chunk or chunk >= frames else min(frames, chunk + 2 * overlap)
 
     def _vae(self, memory: Mapping[str, Any]) -> int:
-        from ..stages.vae_decoder import decode_latents
-
         rows = min(memory.get("decode_batch_size") or self.waveforms, self.waveforms)
         vae, dtype = self.modules["vae_decoder"], self.dtypes["vae_decoder"]
         latent_frames, latent_bins = self.geometry.latent_hw
@@ -165,8 +161,6 @@ class ActivationTracer:
         return self._memo(("vae_decoder", rows, frames), trace)
 
     def _vocoder(self, memory: Mapping[str, Any]) -> int:
-        from ..stages.vocoder import vocode
-
         rows = min(memory.get("decode_batch_size") or self.waveforms, self.waveforms)
         vocoder, dtype = self.modules["vocoder"], self.dtypes["vocoder"]
         mel_frames = self.geometry.mel_frames
@@ -279,30 +273,30 @@ def plan_memory(
     return ", ".join(label for label, _, _ in taken) or "nothing", settings, offload, best[0] / GIB
 
 
-def apply_plan(cfg: DictConfig, settings: dict[str, Any], offload: str) -> None:
-    with open_dict(cfg):
-        for key, value in settings.items():
-            cfg.memory[key] = value
-        if offload != cfg.offload.mode:
-            cfg.offload.mode = offload
-            cfg.offload.setdefault("offload_device", "cpu")
+def planned_config(cfg: DictConfig, settings: dict[str, Any], offload: str) -> DictConfig:
+    """``cfg`` with the plan's memory settings and offload mode: a new value, ``cfg`` is left as it is."""
+    plan: dict[str, Any] = {"memory": dict(settings)}
+    if offload != cfg.offload.mode:
+        plan["offload"] = {"mode": offload}
+    return OmegaConf.merge(cfg, plan)
 
 
-def workload(cfg: DictConfig, stages: list[Stage], geometry: AudioGeometry, num_prompts: int) -> Workload:
-    """The device work of one call with these stages and this audio geometry."""
-    by_name = {s.name: s for s in stages}
-    if "denoiser" not in by_name:
+def workload(cfg: DictConfig, chain: Any, geometry: AudioGeometry) -> Workload:
+    """The device work of one call of the chain (``generator.ChainPreview``) at this audio geometry."""
+    placements = chain.placements
+    if "denoiser" not in placements:
         raise ConfigError("memory.budget_gb", "needs a denoiser stage in the chain")
-    denoiser = by_name["denoiser"]
-    waveforms = num_prompts * int(cfg.num_waveforms)
+    device = placements["denoiser"][0]
+    waveforms = chain.num_prompts * int(cfg.num_waveforms)
     unet_rows = waveforms * (2 if float(cfg.guidance_scale) > 1.0 else 1)
+    twins = chain.meta_modules()
+    attention = chain.optimizations.get("attention")
 
     def module(stage: str, component: str) -> torch.nn.Module | None:
-        found = by_name[stage].modules.get(component) if stage in by_name else None
-        return found if isinstance(found, torch.nn.Module) else None
+        return twins.get(stage, {}).get(component)
 
-    def on_cuda(stage: str) -> bool:
-        return stage in by_name and by_name[stage].device.type == "cuda"
+    def fused(stage: str) -> bool:
+        return attention is not None and attention.fused_on(stage, placements[stage][0].type)
 
     tracer = ActivationTracer(
         geometry,
@@ -311,48 +305,42 @@ def workload(cfg: DictConfig, stages: list[Stage], geometry: AudioGeometry, num_
         unet=module("denoiser", "unet"),
         vae=module("vae_decoder", "vae"),
         vocoder=module("vocoder", "vocoder"),
-        dtypes={s.name: s.dtype for s in stages},
+        dtypes={name: dtype for name, (_, dtype) in placements.items()},
         fused={
-            "denoiser": on_cuda("denoiser")
-            and cfg.attention.backend in FUSED_BACKENDS
-            and "denoiser" in (cfg.attention.get("stages") or []),
-            "vae_decoder": on_cuda("vae_decoder"),  # diffusers' default processor: SDPA
+            "denoiser": fused("denoiser"),
+            "vae_decoder": "vae_decoder" in placements and placements["vae_decoder"][0].type == "cuda",  # SDPA
         },
-        margin={s.name: ACCELERATOR_MARGIN if s.device.type != "cpu" else 1.0 for s in stages},
+        margin={name: ACCELERATOR_MARGIN if dev.type != "cpu" else 1.0 for name, (dev, _) in placements.items()},
     )
+    on_device = {name: mods for name, mods in twins.items() if placements[name][0] == device}
     return Workload(
-        unet_rows=unet_rows,
-        waveforms=waveforms,
-        weight_bytes=stage_weight_bytes([s for s in stages if s.device == denoiser.device]),
-        activations=tracer,
+        unet_rows=unet_rows, waveforms=waveforms, weight_bytes=stage_weight_bytes(on_device), activations=tracer
     )
 
 
-def plan_for_generator(cfg: DictConfig, stages: list[Stage]) -> dict[str, Any]:
-    """Plan ``memory.budget_gb`` for a Generator's loaded (not yet placed) stages, apply it to ``cfg``, log it and
-    return it (recorded in ``benchmark.json``, to compare the estimate with the measured peak)."""
-    from ..config.rules import check_combinations
-    from ..config.validate import prompt_list
-    from ..runtime.devices import probe_device
-
-    denoiser = next(s for s in stages if s.name == "denoiser")
-    geometry = denoiser.geometry(cfg.audio_length_s)
-    num_prompts = len(prompt_list(cfg.prompt)) if cfg.get("prompt") is not None else int(cfg.get("batch_size") or 1)
-    work = workload(cfg, stages, geometry, num_prompts)
+def plan_for_chain(cfg: DictConfig, chain: Any) -> tuple[DictConfig, dict[str, Any]]:
+    """Plan ``memory.budget_gb`` for a chain before it loads: the config to build it with (a new value) and the
+    plan's record (logged, and kept in ``benchmark.json`` to compare the estimate with the measured peak)."""
+    entries = {e.name: e for e in chain.entries}
+    if "denoiser" not in entries:
+        raise ConfigError("memory.budget_gb", "needs a denoiser stage in the chain")
+    geometry = store_geometry(chain.store, cfg.audio_length_s, entries["denoiser"].settings.length_bucket_s)
+    work = workload(cfg, chain, geometry)
+    plan = chain.plan
 
     def allowed(mode: str) -> bool:
-        trial = copy.deepcopy(cfg)
-        with open_dict(trial):
-            trial.offload.mode = mode
-            trial.offload.setdefault("offload_device", "cpu")
+        offload = plan.optimizations.get("offload")
+        if offload is None:
+            return False
+        trial = dataclasses.replace(plan, optimizations={**plan.optimizations, "offload": _with_mode(offload, mode)})
         try:
-            check_combinations(trial, probe_device)
+            check_plan(trial)
         except ConfigError:
             return False
         return True
 
-    label, settings, offload, estimate = plan_memory(cfg, work, denoiser.device.type != "cpu", allowed)
-    apply_plan(cfg, settings, offload)
+    on_accelerator = chain.placements["denoiser"][0].type != "cpu"
+    label, settings, offload, estimate = plan_memory(cfg, work, on_accelerator, allowed)
     chosen = ", ".join(f"memory.{k}={v}" for k, v in settings.items()) or "no memory option"
     log.info(
         "memory.budget_gb=%s: %s (%s, offload=%s), estimated peak %.2f GiB",
@@ -362,10 +350,17 @@ def plan_for_generator(cfg: DictConfig, stages: list[Stage]) -> dict[str, Any]:
         offload,
         estimate,
     )
-    return {
+    record = {
         "budget_gb": float(cfg.memory.budget_gb),
         "steps": label,
         "settings": settings,
         "offload": offload,
         "estimated_peak_gib": estimate,
     }
+    return planned_config(cfg, settings, offload), record
+
+
+def _with_mode(offload: Any, mode: str) -> Any:
+    trial = dataclasses.replace(offload, mode=mode)
+    object.__setattr__(trial, "key", offload.key)
+    return trial

@@ -1,91 +1,101 @@
-"""The ``offload`` group: where each stage's weights live between and during its calls.
+"""``offload``: where each stage's weights live between and during its calls.
 
 - ``none``: every stage's modules stay on its device.
 - ``model``: a stage's modules move to its device when it starts and back to the CPU when it ends.
 - ``sequential``: accelerate hooks move each submodule's weights to the device only for its own forward.
 - ``group``: diffusers group offloading moves groups of blocks ahead of use, on a side CUDA stream if asked.
 
-Stages on the CPU are simply placed there in every mode.
+Stages on the CPU are simply placed there in every mode. Every mode but ``none`` has stages build their weights on
+the CPU, so a whole model is never held on the accelerator before the policy places it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import torch
-from omegaconf import DictConfig
+from ..config.fields import setting
+from ..config.optimization import Optimization, Plan
+from ..runtime.devices import OFFLOAD_HOOKED
+from ..runtime.errors import ConfigError
 
-from ..stages.base import HOOKED, Stage
+if TYPE_CHECKING:
+    from ..stages.base import Stage
 
-
-class NoOffload:
-    def __init__(self, stages: Sequence[Stage], ocfg: DictConfig):
-        self.stages = list(stages)
-        self.ocfg = ocfg
-        self.offload_device = torch.device(ocfg.get("offload_device", "cpu"))
-
-    def setup(self) -> None:
-        for stage in self.stages:
-            stage.place()
-
-    def before(self, stage: Stage) -> None:
-        pass
-
-    def after(self, stage: Stage) -> None:
-        pass
+MODES = ("none", "model", "sequential", "group")
+#: Modes that move weights during a forward (hooks), not between stage calls.
+HOOKED_MODES = ("sequential", "group")
 
 
-class ModelOffload(NoOffload):
-    def setup(self) -> None:
-        for stage in self.stages:
-            stage.place(self.offload_device)
+@dataclass(kw_only=True)
+class Offload(Optimization):
+    mode: str = setting(choices=MODES)
+    offload_device: str = setting(choices=("cpu",))
+    offload_type: str = setting(choices=("block_level", "leaf_level"))  # group only
+    num_blocks_per_group: int = setting(ge=1)  # group, block_level only
+    use_stream: bool = setting()  # group only: prefetch on a side CUDA stream
 
-    def before(self, stage: Stage) -> None:
-        stage.place()
+    order = 50  # after processors are swapped, before modules are compiled
 
-    def after(self, stage: Stage) -> None:
-        if stage.device != self.offload_device:
-            stage.place(self.offload_device)
-            if stage.device.type == "cuda":
-                torch.cuda.empty_cache()
+    def check(self, plan: Plan) -> None:
+        if self.mode == "none":
+            return
+        if not plan.on_accelerator():
+            raise ConfigError(
+                "offload",
+                f"offload={self.mode} moves weights between the CPU and an accelerator, but every stage runs on the "
+                "CPU; use offload=none (or run on a GPU)",
+            )
+        if (
+            self.mode == "group"
+            and self.use_stream
+            and not any(device.split(":")[0] == "cuda" for device, _ in plan.placements.values())
+        ):
+            raise ConfigError("offload.use_stream", "streams need CUDA; set offload.use_stream=false")
 
+    def load_device(self, stage: Stage) -> str | None:
+        return self.offload_device if self.mode != "none" else None
 
-class _HookOffload(NoOffload):
-    """Base of the modes that install hooks once: each distinct module is hooked by the first stage that owns it."""
-
-    def setup(self) -> None:
-        for stage in self.stages:
+    def setup(self, stages: list[Stage]) -> None:
+        if self.mode in ("none", "model"):
+            for stage in stages:
+                stage.place(None if self.mode == "none" or stage.device.type == "cpu" else self._device())
+            return
+        for stage in stages:
             if stage.device.type == "cpu":
                 stage.place()
                 continue
             for module in stage.modules.values():
-                if isinstance(module, torch.nn.Module) and not getattr(module, HOOKED, False):
-                    self.hook(module, stage.device)
-                    setattr(module, HOOKED, True)
+                if hasattr(module, "parameters") and not getattr(module, OFFLOAD_HOOKED, False):
+                    self._hook(module, stage.device)
+                    setattr(module, OFFLOAD_HOOKED, True)
 
-    def hook(self, module: torch.nn.Module, device: torch.device) -> None:
-        raise NotImplementedError
+    def before(self, stage: Stage) -> None:
+        if self.mode == "model":
+            stage.place()
 
+    def after(self, stage: Stage) -> None:
+        if self.mode == "model" and stage.device.type != "cpu":
+            stage.place(self._device())
+            if stage.device.type == "cuda":
+                import torch  # the stage ran on CUDA: torch is loaded
 
-class SequentialOffload(_HookOffload):
-    def hook(self, module: torch.nn.Module, device: torch.device) -> None:
-        from accelerate import cpu_offload
+                torch.cuda.empty_cache()
 
-        cpu_offload(module, execution_device=device)
+    def _device(self) -> Any:
+        import torch  # stages are loaded: torch is loaded
 
+        return torch.device(self.offload_device)
 
-class GroupOffload(_HookOffload):
-    def hook(self, module: torch.nn.Module, device: torch.device) -> None:
-        from diffusers.hooks import apply_group_offloading
+    def _hook(self, module: Any, device: Any) -> None:
+        if self.mode == "sequential":
+            from accelerate import cpu_offload  # this mode's own dependency
 
-        kwargs = {"offload_type": self.ocfg.offload_type, "use_stream": bool(self.ocfg.use_stream)}
-        if self.ocfg.offload_type == "block_level":
-            kwargs["num_blocks_per_group"] = int(self.ocfg.num_blocks_per_group)
-        apply_group_offloading(module, onload_device=device, offload_device=self.offload_device, **kwargs)
+            cpu_offload(module, execution_device=device)
+            return
+        from diffusers.hooks import apply_group_offloading  # this mode's own dependency
 
-
-POLICIES = {"none": NoOffload, "model": ModelOffload, "sequential": SequentialOffload, "group": GroupOffload}
-
-
-def make_offload(ocfg: DictConfig, stages: Sequence[Stage]) -> NoOffload:
-    return POLICIES[ocfg.mode](stages, ocfg)
+        kwargs: dict[str, Any] = {"offload_type": self.offload_type, "use_stream": self.use_stream}
+        if self.offload_type == "block_level":
+            kwargs["num_blocks_per_group"] = self.num_blocks_per_group
+        apply_group_offloading(module, onload_device=device, offload_device=self._device(), **kwargs)

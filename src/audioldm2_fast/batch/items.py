@@ -24,6 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig
 
+from ..config.prompts import prompt_problem
 from ..outputs.files import prompt_slug
 from ..runtime.errors import ConfigError
 
@@ -50,15 +51,6 @@ def item_seed(run_seed: int, item_id: str) -> int:
     """A seed in [0, 2**63) from the run seed and the item id (SHA-256, so it is the same on every machine)."""
     digest = hashlib.sha256(f"{run_seed}:{item_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 1
-
-
-def manifest_name(cfg: DictConfig) -> str:
-    """``manifest.jsonl``; each shard of a sharded run appends to its own ``manifest.shard-<i>-of-<n>.jsonl``."""
-    shard = cfg.get("shard") or {}
-    count = int(shard.get("count", 1) or 1)
-    if count <= 1:
-        return "manifest.jsonl"
-    return f"manifest.shard-{int(shard.get('index', 0))}-of-{count}.jsonl"
 
 
 def shard_items(items: list[Item], index: int, count: int) -> list[Item]:
@@ -128,6 +120,13 @@ def _check_fields(fields: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     for key in ("negative_prompt", "name"):
         if key in out and out[key] is not None and not isinstance(out[key], str):
             return out, f"{key} must be a string"
+    problem = prompt_problem(prompt)
+    if problem:
+        return out, f"prompt {problem}"
+    negative = out.get("negative_prompt")
+    problem = prompt_problem(negative) if negative and negative.strip() else None
+    if problem:
+        return out, f"negative_prompt {problem}"
     name = out.get("name")
     if name is not None and not _NAME_RE.match(name):
         return out, f"name {name!r} must be 1-128 characters of A-Z a-z 0-9 . _ + - (not starting with . or -)"
@@ -216,32 +215,3 @@ def _make_items(cfg: DictConfig, checked: list[tuple[int, dict[str, Any]]]) -> l
         if first != item.line:
             raise ConfigError("prompts_file", f"line {item.line}: item id {item.id!r} is already used on line {first}")
     return items
-
-
-def validate_batch_config(cfg: DictConfig) -> None:
-    """``prompts_file``, ``batch_size`` and ``shard``: checked (the file parsed) before anything loads."""
-    from ..config.validate import _int
-
-    _int(cfg, "batch_size", 1)
-    _int(cfg, "shard.count", 1)
-    _int(cfg, "shard.index", 0)
-    if cfg.shard.index >= cfg.shard.count:
-        raise ConfigError("shard.index", f"must be below shard.count={cfg.shard.count} (got {cfg.shard.index})")
-    if cfg.get("prompts_file") is None:
-        if cfg.batch_size != 1 or cfg.shard.count != 1:
-            key = "batch_size" if cfg.batch_size != 1 else "shard.count"
-            raise ConfigError(key, "applies to prompts_file runs only (prompt= runs all prompts in one call)")
-        return
-    if cfg.get("prompt") is not None:
-        raise ConfigError("prompts_file", "give either prompt or prompts_file, not both")
-    if isinstance(cfg.get("negative_prompt"), ListConfig):
-        raise ConfigError("negative_prompt", "with prompts_file, give one string (per-line ones go in the file)")
-    if (cfg.scheduler.get("config") or {}).get("noise_sampler_seed") is not None:
-        raise ConfigError(
-            "scheduler",
-            f"{cfg.scheduler.name} draws one seeded noise for a whole call, so an item's audio would depend on "
-            "its batch; prompts_file runs need another scheduler",
-        )
-    if not isinstance(cfg.prompts_file, str) or not cfg.prompts_file.strip():
-        raise ConfigError("prompts_file", f"must be a file path (got {cfg.prompts_file!r})")
-    read_items(cfg)

@@ -20,44 +20,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from ..config.fields import check_node
+from ..config.schema import CheckpointConfig
+from ..config.validate import validate_config
+from ..generator import Generator
 from ..outputs.files import write_bytes
-from ..runtime.errors import ConfigError, OutOfMemory, OutputError, StageError
+from ..outputs.manifest import has_torn_line, manifest_name, read_manifest, write_manifest
+from ..outputs.report import write_run_report
+from ..runtime.errors import PROG, ConfigError, OutOfMemory, OutputError, StageError
 from ..runtime.progress import progress_bar
-from .items import Item, manifest_name, read_items, shard_items
+from ..stages.schedulers import num_steps
+from .items import Item, read_items, shard_items
 
 log = logging.getLogger(__name__)
 
-PROG = "audioldm2-fast"
 SETTINGS_FILE = "batch_settings.json"
 _FILE_RE = re.compile(r"^(?P<id>.+)_c(?P<c>\d+)(?:-\d+)?\.(?:wav|flac|ogg|mp3|png)$")  # audio and its spectrogram
 _TEMP_RE = re.compile(r"^\.(?P<name>.+)\.[^.]+\.part$")
-
-
-def read_manifest(path: Path) -> list[dict[str, Any]]:
-    """The rows of a manifest; a torn last line (a process killed mid-append) is skipped."""
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
-
-
-def write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Replace a manifest atomically (temporary name, then rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def resume(out_dir: Path, manifest: Path, items: list[Item]) -> set[str]:
@@ -85,7 +66,7 @@ def resume(out_dir: Path, manifest: Path, items: list[Item]) -> set[str]:
     }
     kept = [r for r in rows if r.get("item_id") not in mine or r["item_id"] in complete]
     kept_unique = {(r.get("item_id"), r.get("candidate"), r.get("path")): r for r in kept}
-    if len(kept_unique) != len(rows) or manifest.is_file() and _has_torn_line(manifest):
+    if len(kept_unique) != len(rows) or has_torn_line(manifest):
         dropped = len(rows) - len(kept_unique)
         if dropped:
             log.warning("%s: dropping %d row(s) of incomplete items; they are regenerated", manifest, dropped)
@@ -98,15 +79,11 @@ def resume(out_dir: Path, manifest: Path, items: list[Item]) -> set[str]:
 
 def batch_settings(cfg: DictConfig) -> dict[str, Any]:
     """The settings an item's audio depends on besides its own fields; a resumed run must use the same."""
-    from omegaconf import OmegaConf
-
-    from ..stages.schedulers import num_steps
-
     ckpt = cfg.checkpoint
     scheduler_config = cfg.scheduler.get("config")
     keys = ("seed", "negative_prompt", "num_waveforms", "audio_length_s", "guidance_scale", "eta", "max_new_tokens")
     return {
-        "checkpoint": str(ckpt.get("repo_id") or ckpt.get("path") or ckpt.name),
+        "checkpoint": check_node(ckpt, CheckpointConfig, "checkpoint").label,
         "scheduler": cfg.scheduler.name,
         "scheduler.config": OmegaConf.to_container(scheduler_config, resolve=True) if scheduler_config else {},
         "steps": num_steps(cfg),
@@ -136,11 +113,6 @@ def check_settings(out_dir: Path, cfg: DictConfig) -> None:
         if isinstance(recorded, dict):
             return
     write_bytes(path, (json.dumps(settings, indent=2) + "\n").encode())
-
-
-def _has_torn_line(path: Path) -> bool:
-    data = path.read_bytes()
-    return bool(data) and not data.endswith(b"\n")
 
 
 def _remove_leftovers(out_dir: Path, referenced: set[str], mine: set[str], complete: set[str]) -> None:
@@ -179,7 +151,7 @@ def _t5_length(generator: Any) -> Callable[[str], int]:
     return length
 
 
-def _state(generator: Any, batch: list[Item]):
+def _state(generator: Any, batch: list[Item], out_dir: Path | None = None, manifest: str | None = None):
     negatives = [item.negative_prompt for item in batch]
     state = generator.new_state(
         prompt=[item.prompt for item in batch],
@@ -194,13 +166,15 @@ def _state(generator: Any, batch: list[Item]):
     state.item_ids = [item.id for item in batch]
     state.item_seeds = [item.seed for item in batch]
     state.item_generators = [torch.Generator("cpu").manual_seed(item.seed) for item in batch]
+    if out_dir is not None:
+        state.output_dir = out_dir
+    if manifest is not None:
+        state.manifest = manifest
     return state
 
 
 def run_batch(cfg: DictConfig, generator: Any = None) -> dict[str, Any]:
     """Generate every item of this shard that is not complete yet; print a final line whatever happens."""
-    from ..config.validate import validate_config
-
     t0 = time.perf_counter()
     validate_config(cfg)  # a multirun job gets here unchecked; nothing below may see a bad value
     items = shard_items(read_items(cfg), int(cfg.shard.index), int(cfg.shard.count))
@@ -210,7 +184,7 @@ def run_batch(cfg: DictConfig, generator: Any = None) -> dict[str, Any]:
     except OSError as exc:
         raise OutputError(f"output.dir: cannot create {str(out_dir)!r}: {exc.strerror or exc}") from None
     check_settings(out_dir, cfg)
-    manifest = out_dir / manifest_name(cfg)
+    manifest = out_dir / manifest_name(int(cfg.shard.index), int(cfg.shard.count))
     complete = resume(out_dir, manifest, items)
     pending = [item for item in items if item.id not in complete]
     counts = {"done": 0, "skipped": len(items) - len(pending), "failed": 0}
@@ -218,16 +192,16 @@ def run_batch(cfg: DictConfig, generator: Any = None) -> dict[str, Any]:
     try:
         if pending:
             if generator is None:
-                from ..generator import Generator
-
                 generator = Generator(cfg)
                 load_s = generator.load_time_s
             batches = make_batches(pending, int(cfg.batch_size), _t5_length(generator))
-            bar = progress_bar(total=len(items), initial=counts["skipped"], cfg=cfg, desc="items", unit="item")
+            bar = progress_bar(
+                total=len(items), initial=counts["skipped"], enabled=cfg.progress, desc="items", unit="item"
+            )
             with bar:
                 for batch in batches:
                     try:
-                        result = generator.run(_state(generator, batch))
+                        result = generator.run(_state(generator, batch, out_dir, manifest.name))
                     except (StageError, OutOfMemory, torch.OutOfMemoryError) as exc:
                         counts["failed"] += len(batch)
                         failed_ids += [item.id for item in batch]
@@ -244,8 +218,6 @@ def run_batch(cfg: DictConfig, generator: Any = None) -> dict[str, Any]:
                         audio_s += sum(r["audio_length_s"] for r in result.records)
                     bar.update(len(batch))
             if counts["done"] and cfg.output.get("report", True) and "writer" in cfg.pipeline.chain:
-                from ..outputs.report import write_run_report
-
                 write_run_report(out_dir)  # once per run: rebuilding it per batch would reread the whole manifest
     finally:
         wall = time.perf_counter() - t0

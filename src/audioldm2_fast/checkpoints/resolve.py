@@ -7,7 +7,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..config.schema import SYNTHETIC_CONFIGS
 from ..runtime.errors import CheckpointError, ConfigError
+from .safety import check_checkpoint_files
+from .tiny import tiny_checkpoint_dir
+
+#: The published architectures' config files, packaged for the synthetic checkpoints.
+CONFIG_ROOT = Path(__file__).resolve().parent / "configs"
+SYNTHETIC_PREFIX = "synthetic-"
 
 # Files a text-to-audio run needs; pickle weights (*.bin, *.pt, *.ckpt) are never fetched.
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model"]
@@ -32,20 +39,23 @@ def read_model_index(path: Path, key: str = "checkpoint.path") -> dict[str, Any]
     return index
 
 
+def synthetic_config_dir(config: str) -> Path:
+    """The packaged config directory of one published checkpoint (``audioldm2``, ``audioldm2-large``, ...)."""
+    if config not in SYNTHETIC_CONFIGS:
+        raise ConfigError("checkpoint.synthetic.config", f"must be one of {list(SYNTHETIC_CONFIGS)} (got {config!r})")
+    return CONFIG_ROOT / config
+
+
 def resolve_checkpoint(ckpt: Any) -> Path:
     """Return the local directory of the configured checkpoint, building or locating it as needed."""
     name = ckpt.get("name")
-    if str(name or "").startswith("synthetic-"):
+    if str(name or "").startswith(SYNTHETIC_PREFIX):
         # Only the packaged config directory: the store builds the random-weight components in memory.
-        from .synthetic import synthetic_config_dir
-
         synthetic = ckpt.get("synthetic") or {}
         path = synthetic_config_dir(str(synthetic.get("config") or str(name).removeprefix("synthetic-")))
         read_model_index(path, key=f"checkpoint={name}")
         return path
     if name == "tiny":
-        from .tiny import tiny_checkpoint_dir
-
         tiny = ckpt.get("tiny") or {}
         path = tiny_checkpoint_dir(
             seed=int(tiny.get("seed", 0)),
@@ -67,13 +77,11 @@ def resolve_checkpoint(ckpt: Any) -> Path:
 
 
 def _check_files(path: Path, index: dict[str, Any], ckpt: Any) -> None:
-    from .safety import check_checkpoint_files
-
     check_checkpoint_files(path, index, allow_pickle=bool(ckpt.get("allow_pickle", False)))
 
 
 def _hub_snapshot(repo_id: str, revision: str | None, name: str) -> Path:
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # the hub client only when a hub checkpoint is resolved
 
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS, local_files_only=True))

@@ -9,6 +9,7 @@ an AudioLDM 2 checkpoint is made of can be named by ``model_index.json``; weight
 from __future__ import annotations
 
 import importlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,6 @@ class ComponentStore:
 
     def config(self, name: str) -> dict[str, Any]:
         """The component's JSON config, read without loading weights."""
-        import json
-
         sub = self.path / name
         for fname in ("config.json", "scheduler_config.json", "preprocessor_config.json"):
             if (sub / fname).is_file():
@@ -85,6 +84,21 @@ class ComponentStore:
 
     def loaded(self) -> dict[str, Any]:
         return dict(self._loaded)
+
+    def meta(self, name: str, dtype: torch.dtype) -> torch.nn.Module | None:
+        """Component ``name`` built on the ``meta`` device from its config alone: shapes and parameter counts, no
+        weights read or allocated (None for tokenizers, the feature extractor and the scheduler)."""
+        library, class_name = self.index.get(name, [None, None])
+        if name in PROCESSORS or str(class_name).endswith("Scheduler") or class_name is None:
+            return None
+        cls = _import_class(str(library), str(class_name))
+        with torch.device("meta"):
+            if library == "transformers":
+                module = cls(cls.config_class.from_pretrained(self.path / name))
+            else:
+                module = cls.from_config(cls.load_config(self.path, subfolder=name))
+        torch.nn.Module.to(module, dtype=dtype)  # diffusers' ModelMixin.to warns on every dtype cast
+        return module.eval()
 
     def _load(self, name: str, dtype: torch.dtype | None) -> Any:
         library, class_name = self.index.get(name, [None, None])

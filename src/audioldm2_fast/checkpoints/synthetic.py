@@ -49,8 +49,10 @@ fp16 and init scaling (``init_scale``)
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
+import string
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -58,11 +60,10 @@ from typing import Any
 
 import torch
 
+from ..runtime.errors import CheckpointError
+from .resolve import SYNTHETIC_PREFIX
 from .store import ALLOWED_CLASSES, PROCESSORS, ComponentStore, _import_class
-
-CONFIG_ROOT = Path(__file__).resolve().parent / "configs"
-SYNTHETIC_CONFIGS = ("audioldm2", "audioldm2-large", "audioldm2-music")
-SYNTHETIC_PREFIX = "synthetic-"
+from .tokenizers import CAPTION_WORDS, T5_SPECIALS, WORD, roberta_tokenizer, unigram_t5_tokenizer
 
 
 def vocoder_unit_gain(cfg: Mapping[str, Any]) -> dict[str, float]:
@@ -97,36 +98,12 @@ def default_init_scale(name: str, cfg: Mapping[str, Any]) -> dict[str, float]:
 _DTYPE_KEYS = ("torch_dtype", "dtype")
 
 
-def synthetic_config_dir(config: str) -> Path:
-    """The packaged config directory of one published checkpoint (``audioldm2``, ``audioldm2-large``, ...)."""
-    if config not in SYNTHETIC_CONFIGS:
-        from ..runtime.errors import ConfigError
-
-        raise ConfigError("checkpoint.synthetic.config", f"must be one of {list(SYNTHETIC_CONFIGS)} (got {config!r})")
-    return CONFIG_ROOT / config
-
-
 def component_seed(seed: int, name: str) -> int:
     """A fixed, independent seed per component."""
     return zlib.crc32(f"{int(seed)}:{name}".encode())
 
 
 # ----------------------------------------------------------------------------------------------------------- tokenizers
-
-
-@functools.lru_cache(maxsize=4)
-def roberta_tokenizer(model_max_length: int = 512):
-    """CLAP's RoBERTa tokenizer at its real size: 50,265 ids, ``<mask>`` last."""
-    from tokenizers import pre_tokenizers
-    from transformers import RobertaTokenizerFast
-
-    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
-    for symbol in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        vocab[symbol] = len(vocab)
-    while len(vocab) < 50264:
-        vocab[f"<unused{len(vocab)}>"] = len(vocab)
-    vocab["<mask>"] = len(vocab)
-    return RobertaTokenizerFast(vocab=vocab, merges=[], model_max_length=model_max_length)
 
 
 @functools.lru_cache(maxsize=4)
@@ -137,32 +114,26 @@ def t5_tokenizer(model_max_length: int = 128):
     token counts), every printable ASCII character with and without the ``▁`` word prefix (so any ASCII text
     tokenizes without ``<unk>``), then lowercase 2- and 3-letter pieces up to 32,000 (other words take ~2-3 pieces).
     """
-    import itertools
-    import string
 
-    from transformers import T5TokenizerFast
+    def pieces():
+        for word in CAPTION_WORDS:
+            yield WORD + word, -8.0
+            yield WORD + word.capitalize(), -8.0
+        for code in range(33, 127):  # printable ASCII except the space
+            yield WORD + chr(code), -12.0
+            yield chr(code), -12.0
+        for n in (2, 3):
+            for prefix in (WORD, ""):
+                for letters in itertools.product(string.ascii_lowercase, repeat=n):
+                    yield prefix + "".join(letters), -10.0
 
-    from .tiny import _T5_WORDS
-
-    pieces: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
-    seen = {piece for piece, _ in pieces}
-
-    def add(piece: str, score: float) -> None:
-        if piece not in seen and len(pieces) < 32000:
+    seen = {piece for piece, _ in T5_SPECIALS}
+    vocab = []
+    for piece, score in pieces():
+        if piece not in seen and len(vocab) < 32000 - len(T5_SPECIALS):  # each piece once, its first score kept
             seen.add(piece)
-            pieces.append((piece, score))
-
-    for word in _T5_WORDS:
-        add("\u2581" + word, -8.0)
-        add("\u2581" + word.capitalize(), -8.0)
-    for code in range(33, 127):  # printable ASCII except the space
-        add("\u2581" + chr(code), -12.0)
-        add(chr(code), -12.0)
-    for n in (2, 3):
-        for prefix in ("\u2581", ""):
-            for letters in itertools.product(string.ascii_lowercase, repeat=n):
-                add(prefix + "".join(letters), -10.0)
-    return T5TokenizerFast(vocab=pieces, extra_ids=100, model_max_length=model_max_length)
+            vocab.append((piece, score))
+    return unigram_t5_tokenizer(model_max_length, vocab, extra_ids=100)
 
 
 # ----------------------------------------------------------------------------------------------------------- the store
@@ -196,8 +167,6 @@ class SyntheticComponentStore(ComponentStore):
         return self._loaded[name]
 
     def _load(self, name: str, dtype: torch.dtype | None, device: torch.device | str | None = None) -> Any:
-        from ..runtime.errors import CheckpointError
-
         library, class_name = self.index.get(name, [None, None])
         if class_name is None:
             raise CheckpointError(f"checkpoint {self.path}: component {name!r} is missing from model_index.json")
@@ -208,7 +177,7 @@ class SyntheticComponentStore(ComponentStore):
                 "which is not a class an AudioLDM 2 checkpoint is made of"
             )
         if name == "tokenizer":
-            return roberta_tokenizer(int(self._tokenizer_config(name).get("model_max_length") or 512))
+            return roberta_tokenizer(int(self._tokenizer_config(name).get("model_max_length") or 512), 50265)
         if name == "tokenizer_2":
             return t5_tokenizer(int(self._tokenizer_config(name).get("model_max_length") or 128))
         cfg = {k: v for k, v in self.config(name).items() if k not in _DTYPE_KEYS}
@@ -218,6 +187,14 @@ class SyntheticComponentStore(ComponentStore):
         if name in PROCESSORS:  # feature_extractor
             return cls(**cfg)
         return self._build_module(name, library, cls, cfg, dtype or torch.float32, torch.device(device or "cpu"))
+
+    def meta(self, name: str, dtype: torch.dtype) -> torch.nn.Module | None:
+        library, class_name = self.index.get(name, [None, None])
+        if name in PROCESSORS or str(class_name).endswith("Scheduler") or class_name is None:
+            return None
+        cfg = {k: v for k, v in self.config(name).items() if k not in _DTYPE_KEYS}
+        cls = _import_class(str(library), str(class_name))
+        return self._build_module(name, str(library), cls, cfg, dtype, torch.device("meta"))
 
     def _tokenizer_config(self, name: str) -> dict[str, Any]:
         file = self.path / name / "tokenizer_config.json"

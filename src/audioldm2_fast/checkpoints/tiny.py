@@ -14,10 +14,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import string
 import tempfile
 from pathlib import Path
 
-import torch
+from .tokenizers import CAPTION_WORDS, WORD, roberta_tokenizer, unigram_t5_tokenizer
 
 # Bump when the architecture or the init below changes, so old caches are not reused.
 TINY_FORMAT_VERSION = 1
@@ -35,83 +36,19 @@ _SCHEDULER_CONFIG = {
     "timestep_spacing": "leading",
 }
 
-_T5_WORDS = (
-    "the",
-    "a",
-    "an",
-    "of",
-    "and",
-    "with",
-    "in",
-    "on",
-    "to",
-    "sound",
-    "music",
-    "drums",
-    "rain",
-    "low",
-    "quality",
-    "average",
-    "high",
-    "waves",
-    "dog",
-    "bark",
-    "piano",
-    "guitar",
-    "birds",
-    "wind",
-    "engine",
-    "car",
-    "water",
-    "crowd",
-    "people",
-    "talking",
-    "footsteps",
-    "bell",
-    "jazz",
-    "rock",
-    "techno",
-    "beat",
-    "bass",
-    "loud",
-    "soft",
-    "background",
-    "gently",
-    "crashing",
-    "brazilian",
-    "samba",
-    "hammer",
-    "hitting",
-    "wooden",
-    "surface",
-)
-
-
-def _roberta_tokenizer(model_max_length: int):
-    from tokenizers import pre_tokenizers
-    from transformers import RobertaTokenizerFast
-
-    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
-    for symbol in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        vocab[symbol] = len(vocab)
-    vocab["<mask>"] = len(vocab)
-    return RobertaTokenizerFast(vocab=vocab, merges=[], model_max_length=model_max_length)
-
 
 def _t5_tokenizer(model_max_length: int):
-    import string
-
-    from transformers import T5TokenizerFast
-
-    pieces: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
-    pieces += [("\u2581" + w, -5.0) for w in _T5_WORDS]
+    """Caption words, then every ASCII letter, digit and punctuation mark with and without the word marker."""
+    pieces = [(WORD + w, -5.0) for w in CAPTION_WORDS]
     for ch in string.ascii_lowercase + string.ascii_uppercase + string.digits + string.punctuation:
-        pieces += [("\u2581" + ch, -9.0), (ch, -10.0)]
-    return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=model_max_length)
+        pieces += [(WORD + ch, -9.0), (ch, -10.0)]
+    return unigram_t5_tokenizer(model_max_length, pieces)
 
 
 def build_tiny_components(seed: int = 0, language_model_class: str = "GPT2Model") -> dict:
     """Return the components of a tiny AudioLDM 2 as an ``AudioLDM2Pipeline`` expects them."""
+    # The model libraries only when the checkpoint is built (once per cache): resolving a cached one imports none.
+    import torch
     from diffusers import AudioLDM2ProjectionModel, AudioLDM2UNet2DConditionModel, AutoencoderKL, DDIMScheduler
     from transformers import (
         ClapAudioConfig,
@@ -131,7 +68,7 @@ def build_tiny_components(seed: int = 0, language_model_class: str = "GPT2Model"
     if language_model_class not in ("GPT2Model", "GPT2LMHeadModel"):
         raise ValueError(f"language_model_class must be GPT2Model or GPT2LMHeadModel, got {language_model_class!r}")
 
-    tokenizer = _roberta_tokenizer(model_max_length=77)
+    tokenizer = roberta_tokenizer(model_max_length=77)
     tokenizer_2 = _t5_tokenizer(model_max_length=77)
     clap_dim, t5_dim, gpt2_dim = 16, 32, 16
 

@@ -1,192 +1,147 @@
-"""Combinations of settings that cannot work, refused before anything loads, each with its reason.
-
-Every rule is a small function over a ``Plan`` (the resolved device and dtype of each stage in the chain); the first
-rule that fails raises ``ConfigError`` naming the setting to change.
-"""
+"""Rules across keys that belong to no optimisation: each a small function over a ``Plan`` that raises
+``ConfigError`` naming the key to change. Optimisations bring their own rules (``Optimization.check``)."""
 
 from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from omegaconf import DictConfig, ListConfig
+import soundfile as sf
 
-from ..runtime.devices import DeviceInfo, Probe
 from ..runtime.errors import ConfigError
-
-ATTENTION_BACKENDS = ("sdpa", "math", "flash", "efficient", "cudnn", "sliced", "xformers")
-COMPILE_MODES = ("none", "auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
-OFFLOAD_MODES = ("none", "model", "sequential", "group")
-# Stages with something to compile (see each Stage.compile_targets).
-COMPILABLE = ("text_encoders", "prior", "denoiser", "vae_decoder", "vocoder")
-HALF = (torch.float16, torch.bfloat16)
+from ..runtime.writability import check_writable_dir
+from .optimization import Plan
+from .placement import dtype_key
+from .prompts import negative_prompt_list, prompt_list
+from .schema import FORMATS
 
 
-@dataclass
-class Plan:
-    cfg: DictConfig
-    probe: Probe
-    placements: dict[str, tuple[torch.device, torch.dtype]]
-
-    def info(self, device: torch.device) -> DeviceInfo | None:
-        return self.probe(device.type)
-
-    def attention_stages(self) -> list[str]:
-        listed = self.cfg.attention.get("stages") or []
-        return [s for s in listed if s in self.placements]
+def rule_prompts(plan: Plan) -> None:
+    cfg = plan.cfg
+    if cfg.get("prompt") is not None:
+        negative_prompt_list(cfg.get("negative_prompt"), len(prompt_list(cfg.prompt)))
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+def rule_batch(plan: Plan) -> None:
+    """``prompts_file``, ``batch_size`` and ``shard`` (the file itself is read by the batch runner)."""
+    cfg = plan.cfg
+    if cfg.shard.index >= cfg.shard.count:
+        raise ConfigError("shard.index", f"must be below shard.count={cfg.shard.count} (got {cfg.shard.index})")
+    if cfg.get("prompts_file") is None:
+        if cfg.batch_size != 1 or cfg.shard.count != 1:
+            key = "batch_size" if cfg.batch_size != 1 else "shard.count"
+            raise ConfigError(key, "applies to prompts_file runs only (prompt= runs all prompts in one call)")
+        return
+    if cfg.get("prompt") is not None:
+        raise ConfigError("prompts_file", "give either prompt or prompts_file, not both")
+    if not isinstance(cfg.get("negative_prompt"), (str, type(None))):
+        raise ConfigError("negative_prompt", "with prompts_file, give one string (per-line ones go in the file)")
+    if (cfg.scheduler.get("config") or {}).get("noise_sampler_seed") is not None:
+        raise ConfigError(
+            "scheduler",
+            f"{cfg.scheduler.name} draws one seeded noise for a whole call, so an item's audio would depend on "
+            "its batch; prompts_file runs need another scheduler",
+        )
+    if not str(cfg.prompts_file).strip():
+        raise ConfigError("prompts_file", f"must be a file path (got {cfg.prompts_file!r})")
 
 
-def _dtype_key(plan: Plan, stage: str) -> str:
-    return f"stages.{stage}.dtype" if plan.cfg.stages[stage].get("dtype") else "precision"
+def rule_output(plan: Plan) -> None:
+    output = plan.cfg.output
+    fmt = output.format
+    if FORMATS[fmt] not in sf.available_formats():
+        raise ConfigError(
+            "output.format",
+            f"{fmt} is not supported by libsndfile {sf.__libsndfile_version__} (mp3 needs >= 1.1); use wav, flac, ogg",
+        )
+    subtype = output.get("subtype")
+    valid_subtypes = sf.available_subtypes(FORMATS[fmt])
+    if subtype is not None and subtype.upper() not in valid_subtypes:
+        choices = ", ".join(sorted(valid_subtypes))
+        raise ConfigError("output.subtype", f"{subtype!r} is not valid for {fmt}; choose one of {choices}")
+    if output.get("dir") is not None:
+        if not str(output.dir).strip():
+            raise ConfigError("output.dir", f"must be a directory path (got {output.dir!r})")
+        check_writable_dir(Path(str(output.dir)).expanduser(), "output.dir")
+
+
+def rule_steps(plan: Plan) -> None:
+    scheduler = plan.cfg.scheduler
+    steps = plan.cfg.steps if plan.cfg.get("steps") is not None else scheduler.default_steps
+    if steps < scheduler.get("min_steps", 1):
+        raise ConfigError(
+            "steps", f"scheduler={scheduler.name} needs at least {scheduler.min_steps} steps (got {steps})"
+        )
+
+
+def rule_scheduler_dependencies(plan: Plan) -> None:
+    if plan.cfg.scheduler.class_name == "DPMSolverSDEScheduler" and importlib.util.find_spec("torchsde") is None:
+        raise ConfigError("scheduler", "scheduler=dpm_sde needs the torchsde package (pip install torchsde)")
+
+
+def rule_chain_names(plan: Plan) -> None:
+    cfg = plan.cfg
+    if not cfg.pipeline.chain:
+        raise ConfigError("pipeline.chain", "must be a non-empty list of stage names")
+    for name in cfg.pipeline.chain:
+        if name not in cfg.stages:
+            raise ConfigError("pipeline.chain", f"stage {name!r} has no entry under stages")
+
+
+def rule_devices_exist(plan: Plan) -> None:
+    keys = [("device", plan.cfg.device)]
+    keys += [(f"stages.{name}.device", s.get("device")) for name, s in plan.cfg.stages.items()]
+    for key, value in keys:
+        kind = str(value or "").split(":")[0]
+        if kind not in ("cuda", "mps"):
+            continue
+        info = plan.probe(kind)
+        if info is None:
+            raise ConfigError(key, f"{value!r} requested but no {kind.upper()} device is available; use device=cpu")
+        index = int(value.split(":")[1]) if ":" in value else 0
+        if index >= info.count:
+            raise ConfigError(key, f"{value!r} requested but only {info.count} {kind.upper()} device(s) exist")
 
 
 def rule_half_precision_supported(plan: Plan) -> None:
     for stage, (device, dtype) in plan.placements.items():
-        if device.type == "cpu" and dtype == torch.float16:
+        kind = device.split(":")[0]
+        if kind == "cpu" and dtype == "fp16":
             raise ConfigError(
-                _dtype_key(plan, stage), f"fp16 is not supported on the CPU (stage {stage}); use fp32 or bf16"
+                dtype_key(plan.cfg, stage), f"fp16 is not supported on the CPU (stage {stage}); use fp32 or bf16"
             )
-        if device.type == "cuda" and dtype == torch.bfloat16:
+        if kind == "cuda" and dtype == "bf16":
             info = plan.info(device)
             if info is not None and not info.bf16:
                 raise ConfigError(
-                    _dtype_key(plan, stage),
+                    dtype_key(plan.cfg, stage),
                     f"{info.name} has no bf16 support (stage {stage}); use fp16 or precision=auto",
                 )
 
 
-def rule_attention_backend(plan: Plan) -> None:
-    backend = plan.cfg.attention.get("backend")
-    if backend not in ATTENTION_BACKENDS:
-        raise ConfigError("attention.backend", f"{backend!r} is unknown; choose one of {', '.join(ATTENTION_BACKENDS)}")
-    stages = plan.cfg.attention.get("stages")
-    if not isinstance(stages, (list, ListConfig)) or any(s not in plan.cfg.stages for s in stages):
-        raise ConfigError("attention.stages", f"must be a list of stage names (got {stages!r})")
-    for stage in plan.attention_stages():
-        device, dtype = plan.placements[stage]
-        info = plan.info(device)
-        where = f"attention={backend}"
-        if backend in ("efficient", "cudnn", "xformers") and device.type != "cuda":
-            raise ConfigError("attention", f"{where} needs a CUDA GPU, but stage {stage} runs on {device.type}")
-        if backend == "flash" and device.type == "mps":
-            raise ConfigError("attention", f"{where} has no MPS kernel (stage {stage}); use attention=sdpa")
-        if device.type != "cuda" or info is None:
-            continue
-        if backend in ("flash", "cudnn") and (info.capability or (0, 0)) < (8, 0):
-            cap = ".".join(map(str, info.capability or (0, 0)))
-            raise ConfigError("attention", f"{where} needs an sm80+ GPU; {info.name} is sm{cap}")
-        if backend == "flash" and dtype not in HALF:
-            raise ConfigError(
-                "attention", f"{where} needs fp16 or bf16 on CUDA, but stage {stage} is {_dtype_name(dtype)}"
-            )
-    if backend == "xformers" and importlib.util.find_spec("xformers") is None:
-        raise ConfigError("attention", "attention=xformers needs the xformers package (pip install xformers)")
-    if backend == "cudnn" and not hasattr(torch.nn.attention.SDPBackend, "CUDNN_ATTENTION"):
-        raise ConfigError("attention", f"attention=cudnn needs a newer torch than {torch.__version__}")
+def rule_checkpoint(plan: Plan) -> None:
+    """Which keys a checkpoint option needs (its files are checked when it is resolved, still before loading)."""
+    ckpt = plan.cfg.checkpoint
+    if str(ckpt.name).startswith("synthetic-"):
+        if ckpt.get("synthetic") is None:
+            raise ConfigError("checkpoint.synthetic", "required for a synthetic checkpoint")
+    elif ckpt.name == "tiny":
+        if ckpt.get("tiny") is None:
+            raise ConfigError("checkpoint.tiny", "required for checkpoint=tiny")
+    elif not ckpt.get("path") and not ckpt.get("repo_id"):
+        raise ConfigError("checkpoint.path", "required for checkpoint=local (a diffusers-format AudioLDM 2 directory)")
 
 
-def rule_memory(plan: Plan) -> None:
-    memory = plan.cfg.get("memory") or {}
-    backend = plan.cfg.attention.backend
-    if memory.get("attention_chunk_size") is not None and backend in ("sliced", "xformers"):
-        raise ConfigError(
-            "memory.attention_chunk_size",
-            f"replaces the UNet's attention processors, as attention={backend} does; use one of the two",
-        )
-
-
-def rule_compile(plan: Plan) -> None:
-    ccfg = plan.cfg.compile
-    mode = ccfg.get("mode")
-    if mode not in COMPILE_MODES:
-        raise ConfigError("compile.mode", f"{mode!r} is unknown; choose one of {', '.join(COMPILE_MODES)}")
-    stages = ccfg.get("stages")
-    if not isinstance(stages, (list, ListConfig)):
-        raise ConfigError("compile.stages", f"must be a list of stage names (got {stages!r})")
-    for stage in stages:
-        if stage not in COMPILABLE:
-            raise ConfigError("compile.stages", f"stage {stage!r} has nothing to compile; choose from {COMPILABLE}")
-    if not isinstance(ccfg.get("fullgraph"), bool):
-        raise ConfigError("compile.fullgraph", f"must be true or false (got {ccfg.get('fullgraph')!r})")
-    if not isinstance(ccfg.get("backend", "inductor"), str):
-        raise ConfigError("compile.backend", f"must be a torch.compile backend name (got {ccfg.get('backend')!r})")
-    if ccfg.get("dynamic") not in (None, True, False):
-        raise ConfigError("compile.dynamic", f"must be null, true or false (got {ccfg.get('dynamic')!r})")
-    bucket = ccfg.get("length_bucket_s")
-    if bucket is not None and (isinstance(bucket, bool) or not isinstance(bucket, int | float) or bucket <= 0):
-        raise ConfigError("compile.length_bucket_s", f"must be null or a positive number of seconds (got {bucket!r})")
-    cache_dir = ccfg.get("cache_dir")
-    if cache_dir is not None and (not isinstance(cache_dir, str) or Path(cache_dir).expanduser().is_file()):
-        raise ConfigError("compile.cache_dir", f"must be null or a directory path (got {cache_dir!r})")
-    if mode == "auto":  # the mode each compiled stage will really get
-        from ..accel.compile import effective_mode
-
-        modes = {effective_mode(mode, plan.placements[s][0]) for s in stages if s in plan.placements}
-        mode = next((m for m in modes if m != "none"), "none")
-    if mode == "none":
-        return
-    offload = plan.cfg.offload.get("mode")
-    if offload in ("sequential", "group") and mode in CUDA_GRAPH_MODES:
-        raise ConfigError(
-            "compile",
-            f"compile={mode} records CUDA graphs over fixed weight addresses, but offload={offload} moves weights "
-            "during every forward; use compile=default or max-autotune-no-cudagraphs, or offload=model",
-        )
-    if offload in ("sequential", "group") and ccfg.fullgraph:
-        raise ConfigError("compile.fullgraph", f"offload={offload} hooks break the graph; set compile.fullgraph=false")
-    if plan.cfg.attention.get("backend") == "sliced" and ccfg.fullgraph and "denoiser" in stages:
-        raise ConfigError("compile.fullgraph", "attention=sliced loops in Python over slices; set fullgraph=false")
-
-
-def rule_offload(plan: Plan) -> None:
-    ocfg = plan.cfg.offload
-    mode = ocfg.get("mode")
-    if mode not in OFFLOAD_MODES:
-        raise ConfigError("offload.mode", f"{mode!r} is unknown; choose one of {', '.join(OFFLOAD_MODES)}")
-    if mode == "none":
-        return
-    if ocfg.get("offload_device", "cpu") != "cpu":
-        raise ConfigError("offload.offload_device", "only cpu is supported")
-    if not any(device.type in ("cuda", "mps") for device, _ in plan.placements.values()):
-        raise ConfigError(
-            "offload",
-            f"offload={mode} moves weights between the CPU and an accelerator, but every stage runs on the CPU; "
-            "use offload=none (or run on a GPU)",
-        )
-    if mode == "group":
-        if ocfg.get("offload_type") not in ("block_level", "leaf_level"):
-            raise ConfigError("offload.offload_type", "must be block_level or leaf_level")
-        if ocfg.get("use_stream") and not any(d.type == "cuda" for d, _ in plan.placements.values()):
-            raise ConfigError("offload.use_stream", "streams need CUDA; set offload.use_stream=false")
-
-
-def rule_scheduler_dependencies(plan: Plan) -> None:
-    if plan.cfg.scheduler.get("class_name") == "DPMSolverSDEScheduler" and importlib.util.find_spec("torchsde") is None:
-        raise ConfigError("scheduler", "scheduler=dpm_sde needs the torchsde package (pip install torchsde)")
-
-
+#: Checked in this order, before the optimisations' own rules; device rules come after the device checks.
 RULES: list[Callable[[Plan], None]] = [
-    rule_half_precision_supported,
-    rule_attention_backend,
-    rule_compile,
-    rule_memory,
-    rule_offload,
+    rule_prompts,
+    rule_batch,
+    rule_output,
+    rule_steps,
     rule_scheduler_dependencies,
+    rule_chain_names,
+    rule_checkpoint,
+    rule_devices_exist,
+    rule_half_precision_supported,
 ]
-
-
-def check_combinations(cfg: DictConfig, probe: Probe) -> None:
-    from .validate import stage_placement
-
-    placements = {name: stage_placement(cfg, name, probe) for name in cfg.pipeline.chain}
-    plan = Plan(cfg=cfg, probe=probe, placements=placements)
-    for rule in RULES:
-        rule(plan)

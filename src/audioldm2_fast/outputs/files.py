@@ -1,9 +1,8 @@
-"""File names and atomic, never-overwriting audio and manifest writes."""
+"""File names, and atomic, never-overwriting writes of audio and of any other file."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import tempfile
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 
 from ..runtime.errors import OutputError
 
@@ -46,7 +46,6 @@ def reserve_path(directory: Path, stem: str, extension: str) -> Path:
 
 def write_audio(path: Path, audio: np.ndarray, sample_rate: int, fmt: str, subtype: str | None) -> None:
     """Write to a temporary name in the same directory, then rename over the reserved ``path``."""
-    import soundfile as sf
 
     def write(tmp: str) -> None:
         channels = 1 if audio.ndim == 1 else audio.shape[1]
@@ -61,7 +60,14 @@ def write_audio(path: Path, audio: np.ndarray, sample_rate: int, fmt: str, subty
 
 def write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` under a temporary name, then rename it over ``path`` (a reader never sees half a file)."""
-    _write_then_rename(path, lambda tmp: Path(tmp).write_bytes(data))
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    _write_then_rename(path, write)
 
 
 def _write_then_rename(path: Path, write: Callable[[str], Any]) -> None:
@@ -81,14 +87,4 @@ def _write_then_rename(path: Path, write: Callable[[str], Any]) -> None:
 def _no_peak_chunk(fh: Any) -> None:
     """Leave out the PEAK chunk that libsndfile adds to float files: it holds the write time, so two runs of the
     same settings would differ in their bytes."""
-    import soundfile as sf
-
     sf._snd.sf_command(fh._file, 0x1050, sf._ffi.NULL, 0)  # SFC_SET_ADD_PEAK_CHUNK, SF_FALSE
-
-
-def append_jsonl(path: Path, row: dict[str, Any]) -> None:
-    """Append one JSON row and flush it to disk, so a crash never leaves a torn line behind."""
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())

@@ -10,8 +10,6 @@ from typing import Any
 
 import numpy as np
 
-NORMALIZE = ("none", "peak", "loudness")
-
 
 def _db(x: float) -> float | None:
     return round(20.0 * math.log10(x), 3) if x > 0 else None
@@ -24,21 +22,28 @@ def peak_dbfs(audio: np.ndarray) -> float | None:
 
 def measure_loudness(audio: np.ndarray, sample_rate: int) -> float | None:
     """Integrated loudness (ITU-R BS.1770, LUFS); None when the audio is too short or silent to gate."""
-    import pyloudnorm
+    import pyloudnorm  # only for output.normalize=loudness
 
     meter = pyloudnorm.Meter(sample_rate, block_size=min(0.4, len(audio) / sample_rate))
     value = float(meter.integrated_loudness(audio.astype(np.float64)))
     return round(value, 3) if math.isfinite(value) else None
 
 
-def finish_audio(audio: np.ndarray, sample_rate: int, output: Any) -> tuple[np.ndarray, dict[str, Any]]:
-    """Apply ``output.normalize`` (none | peak | loudness) with ``output.headroom_db``; return (audio, record).
+def finish_audio(
+    audio: np.ndarray,
+    sample_rate: int,
+    normalize: str = "none",
+    headroom_db: float = 1.0,
+    loudness_lufs: float = -14.0,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Apply ``normalize`` (none | peak | loudness, as ``output.normalize``) with ``headroom_db``; return
+    (audio, record).
 
-    ``peak`` scales the sample peak to ``-headroom_db`` dBFS. ``loudness`` scales to ``output.loudness_lufs`` and then
+    ``peak`` scales the sample peak to ``-headroom_db`` dBFS. ``loudness`` scales to ``loudness_lufs`` and then
     lowers the gain further if the peak would exceed ``-headroom_db`` dBFS (``limited`` in the record).
     """
-    mode = output.get("normalize") or "none"
-    headroom = float(output.get("headroom_db", 1.0))
+    mode = normalize or "none"
+    headroom = float(headroom_db)
     ceiling = 10.0 ** (-headroom / 20.0)
     peak = float(np.max(np.abs(audio))) if audio.size else 0.0
     record: dict[str, Any] = {"normalize": mode, "peak_dbfs_before": _db(peak)}
@@ -47,7 +52,7 @@ def finish_audio(audio: np.ndarray, sample_rate: int, output: Any) -> tuple[np.n
         record["headroom_db"] = headroom
         gain = ceiling / peak if peak > 0 else 1.0
     elif mode == "loudness":
-        target = float(output.get("loudness_lufs", -14.0))
+        target = float(loudness_lufs)
         before = measure_loudness(audio, sample_rate)
         record.update(headroom_db=headroom, loudness_target_lufs=target, loudness_lufs_before=before)
         if before is not None:
@@ -64,6 +69,6 @@ def finish_audio(audio: np.ndarray, sample_rate: int, output: Any) -> tuple[np.n
     return audio, record
 
 
-def trim_record(output: Any, requested_samples: int | None) -> dict[str, Any]:
+def trim_record(trim: bool, requested_samples: int | None) -> dict[str, Any]:
     """What ``output.trim`` did: true cuts the vocoder output to exactly the requested number of samples."""
-    return {"trim": bool(output.get("trim", True)), "requested_samples": requested_samples}
+    return {"trim": bool(trim), "requested_samples": requested_samples}

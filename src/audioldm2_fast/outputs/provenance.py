@@ -15,8 +15,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import soundfile
 from omegaconf import DictConfig, OmegaConf
 
+from ..runtime.devices import torch_version
 from .files import write_bytes
 
 LIBRARIES = ("torch", "diffusers", "transformers", "hydra-core", "omegaconf", "numpy", "soundfile", "safetensors")
@@ -30,16 +32,12 @@ def installed_version(dist: str) -> str | None:
     except metadata.PackageNotFoundError:
         return None
     if dist == "torch":
-        import torch
-
-        return str(torch.__version__)
+        return torch_version() or version
     return version
 
 
 @cache
 def library_versions() -> dict[str, str | None]:
-    import soundfile
-
     versions: dict[str, str | None] = {"python": platform.python_version()}
     for dist in LIBRARIES:
         versions[dist] = installed_version(dist)
@@ -48,26 +46,32 @@ def library_versions() -> dict[str, str | None]:
 
 
 def resolved_config_yaml(cfg: DictConfig) -> str:
-    """The resolved config as YAML, without ``output.dir`` and Hydra's own node."""
+    """The resolved config as YAML, without ``output.dir`` (wherever it is interpolated) and Hydra's own node."""
+    cfg = OmegaConf.merge(cfg, {"output": {"dir": None}}) if "output" in cfg else cfg
     data = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(data, dict)
     data.pop("hydra", None)
-    if isinstance(data.get("output"), dict):
-        data["output"].pop("dir", None)
+    data.get("output", {}).pop("dir", None)
+    for stage in (data.get("stages") or {}).values():
+        if isinstance(stage, dict) and isinstance(stage.get("output"), dict):
+            stage["output"].pop("dir", None)
     return OmegaConf.to_yaml(OmegaConf.create(data), sort_keys=True)
 
 
 def config_hash(cfg: DictConfig) -> str:
-    return hashlib.sha256(resolved_config_yaml(cfg).encode("utf-8")).hexdigest()
+    return text_hash(resolved_config_yaml(cfg))
 
 
-def save_config(cfg: DictConfig, out_dir: Path) -> str:
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def save_config(config_yaml: str, out_dir: Path) -> str:
     """Write ``config-<hash12>.yaml`` into ``out_dir`` unless it is there (same hash, same text); return the hash."""
-    text = resolved_config_yaml(cfg)
-    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    digest = text_hash(config_yaml)
     path = out_dir / f"config-{digest[:12]}.yaml"
     if not path.exists():
-        write_bytes(path, text.encode("utf-8"))
+        write_bytes(path, config_yaml.encode("utf-8"))
     return digest
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .files import EXTENSIONS, write_bytes
+from .manifest import read_manifest
 
 REPORT = "report.html"
 _AUDIO_EXTENSIONS = tuple(EXTENSIONS.values())
@@ -93,23 +94,6 @@ def _table(headers: list[str], rows: list[str], sortable: bool = False) -> str:
     cls = ' class="sortable"' if sortable else ""
     head = "".join(f"<th{cls}>{escape(h)}</th>" for h in headers)
     return f"<table><thead><tr>{head}</tr></thead><tbody>\n" + "\n".join(rows) + "\n</tbody></table>"
-
-
-def read_manifest(path: Path) -> list[dict[str, Any]]:
-    """The rows of a manifest.jsonl (a torn or foreign line is skipped)."""
-    rows = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return rows
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and "path" in row:
-            rows.append(row)
-    return rows
 
 
 def _audio_html(src: str, cell_id: str) -> str:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import reserve_path, write_bytes
+
 
 def mel_filterbank(
     sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None
@@ -81,8 +83,6 @@ def spectrogram_title(row: dict) -> str:
 
 def write_spectrogram(out_dir: Path, audio_path: Path, audio: np.ndarray, sample_rate: int, row: dict) -> str:
     """Render the PNG next to ``audio_path`` (same stem, never overwriting); return its path relative to out_dir."""
-    from .files import reserve_path, write_bytes
-
     png = reserve_path(out_dir, audio_path.stem, ".png")
     try:
         write_bytes(png, render_spectrogram(audio, sample_rate, spectrogram_title(row)))

@@ -13,10 +13,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from hydra.types import RunMode
+from omegaconf import DictConfig
 
 from .files import write_bytes
+from .manifest import merge_and_report
+from .report import write_sweep_report
 
 COLUMNS = [
     "job", "overrides", "status", "error", "e2e_s", "first_call_s", "load_s", "denoiser_s", "peak_allocated_mb",
@@ -72,8 +76,6 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     lines += ["| " + " | ".join(_fmt(r.get(c)) for c in COLUMNS) + " |" for r in rows]
     write_bytes(sweep_dir / "summary.md", ("\n".join(lines) + "\n").encode())
     _plot(rows, sweep_dir / "summary.png")
-    from .report import write_sweep_report
-
     write_sweep_report(sweep_dir, rows)
     return rows
 
@@ -111,9 +113,6 @@ class SweepSummary(Callback):
     """Hydra callback (``hydra.callbacks.sweep_summary``) that keeps the sweep summary up to date."""
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
         hc = HydraConfig.get()
         if hc.mode != RunMode.MULTIRUN:
             return
@@ -126,8 +125,6 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         write_summary(Path(config.hydra.sweep.dir))
         if any(str(o).startswith("shard.index=") for o in config.hydra.overrides.task):
-            from ..batch.merge import run_merge
-
             # One manifest.jsonl for the shards: in their shared output.dir, or else over the job dirs.
             root = config.get("output", {}).get("dir") or config.hydra.sweep.dir
-            run_merge(OmegaConf.create({"dir": str(root)}))
+            merge_and_report(Path(str(root)).expanduser())

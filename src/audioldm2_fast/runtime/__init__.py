@@ -1,1 +1,1 @@
-"""runtime"""
+"""The ground floor: errors, the console's name, device probing and progress. Imports nothing else of the package."""

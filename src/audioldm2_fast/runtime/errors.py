@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+#: The command's name, as every one-line message starts with it.
+PROG = "audioldm2-fast"
+
 
 class Audioldm2FastError(Exception):
     """Base class: an error whose message is shown to the user as one line, without a traceback."""

@@ -10,24 +10,21 @@ import sys
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
-from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 T = TypeVar("T")
 
 
-def progress_enabled(cfg: DictConfig | None) -> bool:
-    """True when the config allows progress bars and stderr is an interactive terminal."""
-    if cfg is not None and not bool(cfg.get("progress", True)):
-        return False
+def progress_enabled(enabled: bool = True) -> bool:
+    """True when progress is switched on and stderr is an interactive terminal."""
     stream = sys.stderr
-    return bool(getattr(stream, "isatty", None) and stream.isatty())
+    return bool(enabled) and bool(getattr(stream, "isatty", None) and stream.isatty())
 
 
 def progress_bar(
     iterable: Iterable[T] | None = None,
     *,
-    cfg: DictConfig | None = None,
+    enabled: bool = True,
     total: int | None = None,
     desc: str = "",
     unit: str = "it",
@@ -41,16 +38,7 @@ def progress_bar(
         desc=desc,
         unit=unit,
         leave=leave,
-        disable=not progress_enabled(cfg),
+        disable=not progress_enabled(enabled),
         dynamic_ncols=True,
         **kwargs,
     )
-
-
-def silence_library_bars() -> None:
-    """Turn off diffusers' and transformers' own bars (weight loading): ours show loading per stage instead."""
-    import diffusers
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
-    diffusers.utils.logging.disable_progress_bar()

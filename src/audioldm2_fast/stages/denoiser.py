@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..accel.chunking import run_in_sub_batches
+from ..config.fields import setting
+from ..config.schema import SchedulerConfig
+from ..runtime.errors import ConfigError
 from ..runtime.progress import progress_bar
-from .base import Stage
+from .base import Stage, StageSettings
+from .chunks import run_in_sub_batches
 from .geometry import AudioGeometry, audio_geometry
-from .registry import register_stage
 from .schedulers import build_scheduler
 from .state import GenerationState
 
@@ -38,9 +41,19 @@ def predict_noise(
     )
 
 
-@register_stage("denoiser")
+@dataclass(frozen=True, kw_only=True)
+class DenoiserSettings(StageSettings):
+    scheduler: SchedulerConfig = setting()
+    unet_batch_size: int | None = setting(ge=1)  # memory.unet_batch_size
+    length_bucket_s: float | None = setting(gt=0)  # compile.length_bucket_s
+    progress: bool = setting()
+
+
 class Denoiser(Stage):
     components = ("unet",)
+    reads = ("generated_embeds", "t5_embeds", "t5_mask")
+    writes = ("latents", "waveform_length")
+    Settings = DenoiserSettings
 
     def compile_targets(self):
         return [(self.modules, "unet")]
@@ -58,13 +71,7 @@ class Denoiser(Stage):
 
     def geometry(self, audio_length_s: float | None) -> AudioGeometry:
         """Frames, latent shape and kept samples for a requested length (with ``compile.length_bucket_s``)."""
-        return audio_geometry(
-            audio_length_s,
-            self.store.config("vocoder"),
-            self.store.config("vae"),
-            self.modules["unet"].config,
-            length_bucket_s=self.cfg.compile.get("length_bucket_s"),
-        )
+        return store_geometry(self.store, audio_length_s, self.settings.length_bucket_s)
 
     @torch.no_grad()
     def __call__(self, state: GenerationState) -> GenerationState:
@@ -78,10 +85,14 @@ class Denoiser(Stage):
         cond_t5 = self.to_stage(state.t5_embeds).repeat_interleave(n, dim=0)
         mask_t5 = self.to_stage(state.t5_mask).repeat_interleave(n, dim=0)
 
-        scheduler = build_scheduler(self.cfg.scheduler, self.store.config("scheduler"))
+        scheduler = build_scheduler(self.settings.scheduler, self.store.config("scheduler"))
         scheduler.set_timesteps(state.steps, device=self.device)
         shape = (state.batch_size * n, unet.config.in_channels, *geometry.latent_hw)
-        if state.item_generators:  # each item draws its candidates' latents from its own generator
+        if state.initial_latents is not None:  # as diffusers' ``latents=``: the noise to start from
+            latents = self.to_stage(state.initial_latents)
+            if tuple(latents.shape) != shape:
+                raise ConfigError("latents", f"must have shape {shape} for this request (got {tuple(latents.shape)})")
+        elif state.item_generators:  # each item draws its candidates' latents from its own generator
             item_shape = (n, *shape[1:])
             latents = torch.cat(
                 [
@@ -94,9 +105,10 @@ class Denoiser(Stage):
         latents = latents * scheduler.init_noise_sigma
         step_kwargs = self._step_kwargs(scheduler, state)
         guidance = state.do_classifier_free_guidance
-        sub_batch = self.cfg.get("memory", {}).get("unet_batch_size")
+        sub_batch = self.settings.unet_batch_size
 
-        for t in progress_bar(scheduler.timesteps, cfg=self.cfg, desc="denoising", unit="step"):
+        steps = progress_bar(scheduler.timesteps, enabled=self.settings.progress, desc="denoising", unit="step")
+        for i, t in enumerate(steps):
             model_input = torch.cat([latents] * 2) if guidance else latents
             model_input = scheduler.scale_model_input(model_input, t)
             noise_pred = predict_noise(unet, model_input, t, cond_gpt2, cond_t5, mask_t5, sub_batch)
@@ -104,5 +116,24 @@ class Denoiser(Stage):
                 uncond, text = noise_pred.chunk(2)
                 noise_pred = uncond + state.guidance_scale * (text - uncond)
             latents = scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
+            if state.callback is not None:
+                latents = _after_step(state.callback, i, t, latents)
         state.latents = latents
         return state
+
+
+def _after_step(callback, step: int, timestep: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    """diffusers' ``callback_on_step_end`` convention: the callback may return new latents."""
+    returned = callback(step, timestep, {"latents": latents})
+    return returned.get("latents", latents) if returned else latents
+
+
+def store_geometry(store, audio_length_s: float | None, length_bucket_s: float | None = None) -> AudioGeometry:
+    """The geometry of a request from a checkpoint's component configs (no weights needed)."""
+    return audio_geometry(
+        audio_length_s,
+        store.config("vocoder"),
+        store.config("vae"),
+        store.config("unet"),
+        length_bucket_s=length_bucket_s,
+    )

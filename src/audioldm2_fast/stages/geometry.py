@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from ..runtime.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class AudioGeometry:
@@ -48,8 +50,6 @@ def audio_geometry(
         height = bucket_frames(height, length_bucket_s, hop_s, vae_scale_factor)
     minimum = hop_s * vae_scale_factor
     if audio_length_s < minimum:
-        from ..runtime.errors import ConfigError
-
         raise ConfigError("audio_length_s", f"must be at least {float(minimum):g} s for this checkpoint")
     return AudioGeometry(
         audio_length_s=float(audio_length_s),

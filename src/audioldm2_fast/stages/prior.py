@@ -13,7 +13,6 @@ import inspect
 import torch
 
 from .base import Stage
-from .registry import register_stage
 from .state import GenerationState
 
 
@@ -41,9 +40,10 @@ def generate_hidden_states(
     return torch.cat(generated, dim=1)
 
 
-@register_stage("prior")
 class Prior(Stage):
     components = ("projection_model", "language_model")
+    reads = ("clap_embeds", "clap_mask", "t5_embeds", "t5_mask")
+    writes = ("generated_embeds",)
 
     def compile_targets(self):
         lm = self.modules["language_model"]

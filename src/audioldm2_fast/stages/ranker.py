@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 
 from .base import Stage
-from .registry import register_stage
 from .state import GenerationState
 
 
@@ -25,15 +24,16 @@ def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     """Polyphase resampling along the last axis."""
     if orig_sr == target_sr:
         return audio
-    from scipy.signal import resample_poly
+    from scipy.signal import resample_poly  # scipy's signal module only when candidates are ranked
 
     g = math.gcd(orig_sr, target_sr)
     return resample_poly(audio, target_sr // g, orig_sr // g, axis=-1).astype(np.float32)
 
 
-@register_stage("ranker")
 class Ranker(Stage):
     components = ("text_encoder", "tokenizer", "feature_extractor")
+    reads = ("waveforms", "sample_rate", "prompts")
+    writes = ("scores", "ranks")
 
     def setup(self) -> None:
         # CLAP is shared with text_encoders; load it only when candidates will actually be ranked.

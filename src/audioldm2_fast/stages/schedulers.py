@@ -4,29 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
+import diffusers
 from omegaconf import DictConfig, OmegaConf
 
-from ..runtime.errors import ConfigError
+from ..config.schema import SchedulerConfig
 
 
-def scheduler_class(scfg: DictConfig) -> type:
-    """The diffusers scheduler class named by ``scheduler.class_name``; it must be one AudioLDM 2 can use."""
-    import diffusers
-    from diffusers.schedulers import KarrasDiffusionSchedulers
-
-    name = scfg.get("class_name")
-    compatible = {s.name for s in KarrasDiffusionSchedulers}
-    if not isinstance(name, str) or name not in compatible or not hasattr(diffusers, name):
-        raise ConfigError("scheduler.class_name", f"{name!r} is not a scheduler AudioLDM 2 can use")
-    return getattr(diffusers, name)
+def scheduler_class(class_name: str) -> type:
+    """The diffusers scheduler class (the schema has already checked that AudioLDM 2 can use it)."""
+    return getattr(diffusers, class_name)
 
 
-def build_scheduler(scfg: DictConfig, checkpoint_config: dict[str, Any]) -> Any:
+def build_scheduler(scheduler: SchedulerConfig | DictConfig, checkpoint_config: dict[str, Any]) -> Any:
     """A fresh scheduler: ``Class.from_config(checkpoint config)`` plus the option's own ``config`` values."""
-    cls = scheduler_class(scfg)
-    extra = scfg.get("config")
-    extra = OmegaConf.to_container(extra, resolve=True) if extra else {}
-    return cls.from_config(checkpoint_config, **extra)
+    extra = scheduler.config
+    extra = OmegaConf.to_container(extra, resolve=True) if isinstance(extra, DictConfig) else dict(extra or {})
+    return scheduler_class(str(scheduler.class_name)).from_config(checkpoint_config, **extra)
 
 
 def num_steps(cfg: DictConfig) -> int:

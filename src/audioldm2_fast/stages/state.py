@@ -1,11 +1,35 @@
-"""The state object that travels through the stage chain: each stage reads what it needs and adds what it makes."""
+"""The state object that travels through the stage chain: each stage reads what it needs and adds what it makes.
+
+The first block of fields is the request (set before any stage runs); the rest are written by the stages, as each
+stage class declares in its ``reads`` and ``writes``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # annotations only: the command line reads the state's fields without importing torch
+    import torch
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What every output of one Generator records about how it was made (its manifest rows)."""
+
+    checkpoint: str
+    precision: str
+    scheduler: str
+    config_sha256: str
+    config_yaml: str
+
+
+#: A per-step callback: ``fn(step_index, timestep, {"latents": latents}) -> dict | None``. A returned dict's
+#: ``latents`` replace the latents (diffusers' ``callback_on_step_end`` convention).
+StepCallback = Callable[[int, "torch.Tensor", dict[str, "torch.Tensor"]], "dict[str, torch.Tensor] | None"]
 
 
 @dataclass
@@ -23,6 +47,13 @@ class GenerationState:
     audio_length_s: float | None
     max_new_tokens: int | None
     generator: torch.Generator
+    trim: bool = True  # cut the audio to exactly audio_length_s (False keeps the latent grid's rounded-up tail)
+    run: RunInfo | None = None
+    output_dir: Path | None = None  # where the writer puts files
+    manifest: str = "manifest.jsonl"  # the writer's manifest file name in output_dir
+    initial_latents: torch.Tensor | None = None  # (B * num_waveforms, C, H, W) noise to start from, as diffusers'
+    callback: StepCallback | None = None
+    t5_length: int | None = None  # pad or cut T5 tokens to this length (precomputed positive embeddings set it)
     # Batch runs (prompts_file): per prompt, its item id and seed, and its own generator for its latents and noise.
     item_ids: list[str] | None = None
     item_seeds: list[int] | None = None
@@ -37,7 +68,7 @@ class GenerationState:
     generated_embeds: torch.Tensor | None = None  # (P, max_new_tokens, gpt2_dim)
     # denoiser
     latents: torch.Tensor | None = None  # (B * num_waveforms, C, H, W)
-    waveform_length: int | None = None  # samples kept after the vocoder (requested length)
+    waveform_length: int | None = None  # samples kept after the vocoder
     # vae_decoder
     mel: torch.Tensor | None = None  # (B * num_waveforms, 1, frames, mel_bins)
     # vocoder
@@ -66,3 +97,8 @@ class GenerationState:
 
     def candidate_index(self, waveform_index: int) -> int:
         return waveform_index % self.num_waveforms
+
+
+_FIELDS = [f.name for f in dataclasses.fields(GenerationState)]
+#: Fields set by the request before any stage runs; every other field is some stage's to write.
+REQUEST_FIELDS = tuple(_FIELDS[: _FIELDS.index("clap_embeds")])

@@ -12,15 +12,15 @@ import logging
 import torch
 
 from .base import Stage
-from .registry import register_stage
 from .state import GenerationState
 
 log = logging.getLogger(__name__)
 
 
-@register_stage("text_encoders")
 class TextEncoders(Stage):
     components = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2")
+    reads = ("prompts",)
+    writes = ("clap_embeds", "clap_mask", "t5_embeds", "t5_mask")
 
     def compile_targets(self):
         return [(self.modules["text_encoder"], "text_model"), (self.modules, "text_encoder_2")]
@@ -31,7 +31,10 @@ class TextEncoders(Stage):
         clap = clap_tok(
             prompts, padding="max_length", max_length=clap_tok.model_max_length, truncation=True, return_tensors="pt"
         )
-        t5 = t5_tok(prompts, padding=True, max_length=t5_tok.model_max_length, truncation=True, return_tensors="pt")
+        if state.t5_length is None:
+            t5 = t5_tok(prompts, padding=True, max_length=t5_tok.model_max_length, truncation=True, return_tensors="pt")
+        else:  # to match precomputed embeddings of this length, as the stock pipeline pads its negatives to them
+            t5 = t5_tok(prompts, padding="max_length", max_length=state.t5_length, truncation=True, return_tensors="pt")
         self._warn_truncation(t5_tok, prompts, t5.input_ids)
         if state.do_classifier_free_guidance:
             negatives = state.negative_prompts or [""] * len(prompts)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..accel.chunking import chunked_along_time, run_in_sub_batches
-from .base import Stage
-from .registry import register_stage
+from ..config.fields import setting
+from .base import Stage, StageSettings
+from .chunks import chunked_along_time, run_in_sub_batches
 from .state import GenerationState
 
 
@@ -31,9 +32,18 @@ def decode_latents(vae: torch.nn.Module, latents: torch.Tensor, memory: Mapping[
     )
 
 
-@register_stage("vae_decoder")
+@dataclass(frozen=True, kw_only=True)
+class VaeDecoderSettings(StageSettings):
+    decode_batch_size: int | None = setting(ge=1)
+    vae_chunk_frames: int | None = setting(ge=1)
+    vae_overlap_frames: int = setting(ge=0)
+
+
 class VaeDecoder(Stage):
     components = ("vae",)
+    reads = ("latents",)
+    writes = ("mel",)
+    Settings = VaeDecoderSettings
 
     def compile_targets(self):
         return [(self.modules["vae"], "decoder")]
@@ -42,5 +52,5 @@ class VaeDecoder(Stage):
     def __call__(self, state: GenerationState) -> GenerationState:
         vae = self.modules["vae"]
         latents = self.to_stage(state.latents) / vae.config.scaling_factor
-        state.mel = decode_latents(vae, latents, self.cfg.get("memory") or {})
+        state.mel = decode_latents(vae, latents, vars(self.settings))
         return state

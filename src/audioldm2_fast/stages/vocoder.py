@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..accel.chunking import chunked_along_time, run_in_sub_batches
-from .base import Stage
-from .registry import register_stage
+from ..config.fields import setting
+from .base import Stage, StageSettings
+from .chunks import chunked_along_time, run_in_sub_batches
 from .state import GenerationState
 
 
@@ -31,9 +32,18 @@ def vocode(vocoder: torch.nn.Module, mel: torch.Tensor, memory: Mapping[str, Any
     )
 
 
-@register_stage("vocoder")
+@dataclass(frozen=True, kw_only=True)
+class VocoderSettings(StageSettings):
+    decode_batch_size: int | None = setting(ge=1)
+    vocoder_chunk_frames: int | None = setting(ge=1)
+    vocoder_overlap_frames: int = setting(ge=0)
+
+
 class Vocoder(Stage):
     components = ("vocoder",)
+    reads = ("mel", "waveform_length")
+    writes = ("waveforms", "sample_rate")
+    Settings = VocoderSettings
 
     def compile_targets(self):
         return [(self.modules, "vocoder")]
@@ -44,9 +54,9 @@ class Vocoder(Stage):
         mel = self.to_stage(state.mel)
         if mel.dim() == 4:
             mel = mel.squeeze(1)
-        waveforms = vocode(vocoder, mel, self.cfg.get("memory") or {})
+        waveforms = vocode(vocoder, mel, vars(self.settings))
         waveforms = waveforms.cpu().float()
-        # output.trim=false keeps the vocoder's whole output (the length rounded up to the latent grid).
-        state.waveforms = waveforms[:, : state.waveform_length] if self.cfg.output.get("trim", True) else waveforms
+        # trim=false (output.trim) keeps the vocoder's whole output (the length rounded up to the latent grid).
+        state.waveforms = waveforms[:, : state.waveform_length] if state.trim else waveforms
         state.sample_rate = int(vocoder.config.sampling_rate)
         return state

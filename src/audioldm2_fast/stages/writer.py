@@ -4,29 +4,39 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..batch.items import manifest_name
-from ..outputs.files import EXTENSIONS, append_jsonl, prompt_slug, reserve_path, write_audio
+from ..config.fields import setting
+from ..config.schema import OutputConfig
+from ..outputs.files import EXTENSIONS, prompt_slug, reserve_path, write_audio
 from ..outputs.finishing import finish_audio, trim_record
+from ..outputs.manifest import append_row
 from ..outputs.provenance import provenance, save_config
 from ..outputs.report import write_run_report
 from ..outputs.spectrogram import write_spectrogram
 from ..runtime.errors import OutputError
-from .base import Stage
+from .base import Stage, StageSettings
 from .finite import SILENCE_DBFS, is_silent
-from .registry import register_stage
 from .state import GenerationState
 
 log = logging.getLogger(__name__)
 
 
-@register_stage("writer")
+@dataclass(frozen=True, kw_only=True)
+class WriterSettings(StageSettings):
+    output: OutputConfig = setting()
+
+
 class Writer(Stage):
-    def output_dir(self) -> Path:
-        out = self.cfg.output.get("dir")
+    reads = ("waveforms", "sample_rate", "run")
+    writes = ("records",)
+    Settings = WriterSettings
+
+    def output_dir(self, state: GenerationState) -> Path:
+        out = state.output_dir or self.settings.output.dir
         if not out:
             raise OutputError("output.dir: not set (the command line sets it to the Hydra run dir)")
         path = Path(str(out)).expanduser()
@@ -37,38 +47,40 @@ class Writer(Stage):
         return path
 
     def __call__(self, state: GenerationState) -> GenerationState:
-        out_dir = self.output_dir()
-        fmt = self.cfg.output.format
-        subtype = self.cfg.output.get("subtype")
+        out_dir = self.output_dir(state)
+        output = self.settings.output
+        fmt, subtype = output.format, output.subtype
         waveforms = state.waveforms.numpy()
         for i, w in enumerate(waveforms):  # a chain run outside the Generator has no per-stage check
             if i not in state.failed and not np.isfinite(w).all():
                 state.failed[i] = f"stage {self.name}: the waveform contains NaN or Inf"
         order = [i for i in self._order(state) if i not in state.failed]
         try:
-            cfg_hash = save_config(self.cfg, out_dir) if order else ""
+            cfg_hash = save_config(state.run.config_yaml, out_dir) if order else ""
         except OSError as exc:
             raise OutputError(f"output.dir: cannot write in {str(out_dir)!r}: {exc.strerror or exc}") from None
-        manifest = out_dir / manifest_name(self.cfg)
+        manifest = out_dir / state.manifest
         pending: list[dict] = []
         for k, i in enumerate(order):
             p = state.prompt_index(i)
             if state.item_ids:  # batch runs: names that resume can find again
                 stem = f"{state.item_ids[p]}_c{state.candidate_index(i)}"
             else:
-                slug = prompt_slug(state.prompts[p], self.cfg.output.name_max_length)
+                slug = prompt_slug(state.prompts[p], output.name_max_length)
                 stem = f"{slug}_s{state.seed}_c{state.candidate_index(i)}"
             try:
                 path = reserve_path(out_dir, stem, EXTENSIONS[fmt])
-                audio, finishing = finish_audio(waveforms[i], state.sample_rate, self.cfg.output)
+                audio, finishing = finish_audio(
+                    waveforms[i], state.sample_rate, output.normalize, output.headroom_db, output.loudness_lufs
+                )
                 write_audio(path, audio, state.sample_rate, fmt, subtype)
                 row = self._row(state, i, path, out_dir)
-                row["finishing"] = {**finishing, **trim_record(self.cfg.output, state.waveform_length)}
+                row["finishing"] = {**finishing, **trim_record(state.trim, state.waveform_length)}
                 row["silent"] = is_silent(waveforms[i])  # the model's output, before any normalisation
                 if row["silent"]:
                     log.warning("%s is silent (peak below %g dBFS)", path.name, SILENCE_DBFS)
                 row["provenance"] = provenance(cfg_hash)
-                if self.cfg.output.get("spectrogram", True):
+                if output.spectrogram:
                     row["spectrogram"] = write_spectrogram(out_dir, path, audio, state.sample_rate, row)
             except OSError as exc:
                 raise OutputError(f"output.dir: cannot write in {str(out_dir)!r}: {exc.strerror or exc}") from None
@@ -76,10 +88,10 @@ class Writer(Stage):
             if k + 1 == len(order) or state.prompt_index(order[k + 1]) != p:
                 # A prompt's rows go in only once all its files exist: a row means its prompt is complete.
                 for done in pending:
-                    append_jsonl(manifest, done)
+                    append_row(manifest, done)
                 state.records.extend(pending)
                 pending = []
-        if self.cfg.output.get("report", True) and not state.item_ids:  # batch runs write it once, at their end
+        if output.report and not state.item_ids:  # batch runs write it once, at their end
             write_run_report(out_dir)
         return state
 
@@ -92,7 +104,7 @@ class Writer(Stage):
 
     def _row(self, state: GenerationState, i: int, path: Path, out_dir: Path) -> dict:
         p = state.prompt_index(i)
-        cfg = self.cfg
+        run = state.run
         return {
             "path": str(path.relative_to(out_dir)),
             "prompt": state.prompts[p],
@@ -103,15 +115,15 @@ class Writer(Stage):
             "rank": int(state.ranks[i]) if state.ranks is not None else 1,
             "score": float(state.scores[i]) if state.scores is not None else None,
             "steps": state.steps,
-            "scheduler": cfg.scheduler.name,
+            "scheduler": run.scheduler,
             "guidance_scale": float(state.guidance_scale),
             "audio_length_s": state.waveform_length / state.sample_rate,
             "sample_rate": state.sample_rate,
             "num_samples": int(state.waveforms.shape[1]),
-            "format": cfg.output.format,
-            "subtype": cfg.output.get("subtype"),
-            "checkpoint": cfg.checkpoint.get("repo_id") or cfg.checkpoint.get("path") or cfg.checkpoint.name,
-            "precision": cfg.precision.name,
+            "format": self.settings.output.format,
+            "subtype": self.settings.output.subtype,
+            "checkpoint": run.checkpoint,
+            "precision": run.precision,
             "stage_times_s": {k: round(v, 6) for k, v in state.timings.items()},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **({"item_id": state.item_ids[p]} if state.item_ids else {}),

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ..generator import GenerationResult, Generator
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from ..api import GenerationResult
+from ..generator import Generator
+from ..outputs.files import reserve_path, write_bytes
+from ..outputs.provenance import installed_version
+from ..runtime.devices import synchronize
+from ..runtime.errors import PROG
 
 
 def _peak_rss_mb() -> float:
@@ -48,27 +48,24 @@ def _device_name(device: torch.device) -> str:
     return f"CPU: {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
 
 
-def _versions() -> dict[str, str]:
-    import diffusers
-    import transformers
-
-    return {"torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__}
+def _versions() -> dict[str, str | None]:
+    return {name: installed_version(name) for name in ("torch", "diffusers", "transformers")}
 
 
 class Benchmark:
     def __init__(self, cfg: DictConfig):
         bcfg = cfg.benchmark
-        self.cfg = cfg
         self.warmup, self.runs = int(bcfg.warmup), int(bcfg.runs)
-        if not bcfg.write_audio:
-            cfg.pipeline.chain = [s for s in cfg.pipeline.chain if s != "writer"]
+        if not bcfg.write_audio:  # a new config value: the run records the chain it really ran
+            cfg = OmegaConf.merge(cfg, {"pipeline": {"chain": [s for s in cfg.pipeline.chain if s != "writer"]}})
         t0 = time.perf_counter()
         self.generator = Generator(cfg)
+        self.cfg = self.generator.cfg  # with what an optimisation resolved (a memory plan)
         self.load_s = time.perf_counter() - t0
         self.device = next(s.device for s in self.generator.stages if s.name == "denoiser")
         self.reference = None
         if bcfg.reference == "diffusers":
-            from .reference import DiffusersReference
+            from .reference import DiffusersReference  # the stock pipeline: only when asked for
 
             self.reference = DiffusersReference(self.generator)
 
@@ -90,10 +87,10 @@ class Benchmark:
         cuda = self.device.type == "cuda"
         if cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
-        _sync(self.device)
+        synchronize(self.device)
         t0 = time.perf_counter()
         out = fn()
-        _sync(self.device)
+        synchronize(self.device)
         elapsed = time.perf_counter() - t0
         memory = {"peak_rss_mb": _peak_rss_mb()}
         if cuda:
@@ -149,7 +146,11 @@ class Benchmark:
                 "num_waveforms": request["num_waveforms"],
                 "audio_length_s": result.waveforms.shape[1] / result.sample_rate,
                 "guidance_scale": request["guidance_scale"],
-                "memory": {k: v for k, v in cfg.memory.items() if v is not None and not k.endswith("_overlap_frames")},
+                "memory": {
+                    k: v
+                    for k, v in cfg.memory.items()
+                    if v is not None and not k.startswith("_") and not k.endswith("_overlap_frames")
+                },
             },
             "memory_plan": self.generator.memory_plan,
             "load_s": self.load_s,
@@ -239,15 +240,36 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def run_benchmark(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
-    report = Benchmark(cfg).run()
-    report["config"] = OmegaConf.to_container(cfg, resolve=True)
+    benchmark = Benchmark(cfg)
+    report = benchmark.run()
+    report["config"] = OmegaConf.to_container(benchmark.cfg, resolve=True)
     if not cfg.benchmark.get("save", True):
         report["path"] = None
         return report
-    from ..outputs.files import reserve_path, write_bytes
-
     output_dir.mkdir(parents=True, exist_ok=True)
     path = reserve_path(output_dir, "benchmark", ".json")  # never replaces an earlier report
     write_bytes(path, (json.dumps(report, indent=2, default=str) + "\n").encode())
     report["path"] = str(path)
     return report
+
+
+def run_benchmark_task(cfg: DictConfig) -> dict[str, Any]:
+    """``task=benchmark``: run it, print the table, and return the row of a sweep summary."""
+    report = run_benchmark(cfg, Path(cfg.output.dir))
+    print(format_table(report))
+    if report["path"]:
+        print(f"{PROG}: wrote {report['path']}")
+    summary = {
+        "task": "benchmark",
+        "e2e_s": report["e2e_s"]["median"],
+        "first_call_s": report["first_call_s"],
+        "load_s": report["load_s"],
+        "stages_s": {k: v["median"] for k, v in report["stages_s"].items()},
+        "peak_rss_mb": report["peak_rss_mb"],
+        "peak_allocated_mb": report.get("peak_allocated_mb"),
+        "outputs": [report["path"]] if report["path"] else [],
+    }
+    if "reference" in report:
+        summary["reference_ratio"] = report["reference"]["ratio_median"]
+        summary["reference_max_abs_diff"] = report["reference"]["max_abs_diff"]
+    return summary

@@ -3,6 +3,9 @@
 Each check prints one line: ``ok``, ``info`` (a fact), ``warn`` (an option that will not work here) or ``FAIL`` (the
 default settings cannot run). The command exits with ``EnvironmentProblem.exit_code`` when anything fails. No model
 is loaded; the tiny checkpoint is built if it is not cached yet.
+
+Each check imports the libraries it probes itself, so that a missing or broken one becomes a FAIL line of its own
+instead of stopping the doctor, and ``task=doctor`` starts as fast as any refusal.
 """
 
 from __future__ import annotations
@@ -13,13 +16,19 @@ import shutil
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TextIO
 
-from ..runtime.errors import EnvironmentProblem
+from packaging.requirements import Requirement
+from packaging.version import InvalidVersion, Version
+
+from ..checkpoints.resolve import resolve_checkpoint
+from ..config.compose import compose_config
+from ..config.validate import validate_config
+from ..outputs.provenance import LIBRARIES, installed_version
+from ..runtime.errors import Audioldm2FastError, EnvironmentProblem
 
 DIST = "audioldm2-fast"
-#: Shown first, in this order, with the range pyproject.toml asks for.
-CORE = ("torch", "diffusers", "transformers", "hydra-core", "omegaconf", "numpy", "soundfile", "safetensors")
 #: Packages that only some options need: (distribution, what needs it).
 OPTIONAL = (
     ("xformers", "attention=xformers"),
@@ -37,8 +46,6 @@ class Check:
 
 def _requirements() -> dict[str, object]:
     """Runtime requirements of the installed package, by distribution name (extras left out)."""
-    from packaging.requirements import Requirement
-
     try:
         lines = metadata.requires(DIST) or []
     except metadata.PackageNotFoundError:
@@ -54,8 +61,6 @@ def _requirements() -> dict[str, object]:
 def _source_tree_requirements() -> list[str]:
     """``[project].dependencies`` of the checkout this module runs from, when it is used without being installed
     (``PYTHONPATH=src``); empty if there is no such pyproject.toml or no TOML reader (Python 3.10)."""
-    from pathlib import Path
-
     try:
         import tomllib
     except ImportError:
@@ -68,19 +73,15 @@ def _source_tree_requirements() -> list[str]:
 
 
 def _version(dist: str) -> str | None:
-    from ..outputs.provenance import installed_version
-
     return installed_version(dist)
 
 
 def check_versions() -> Iterator[Check]:
-    from packaging.version import InvalidVersion, Version
-
     yield Check(
         "ok" if sys.version_info >= (3, 10) else "FAIL", "python", platform.python_version() + " (needs >=3.10)"
     )
     reqs = _requirements()
-    names = list(CORE) + sorted(n for n in reqs if n not in CORE)
+    names = list(LIBRARIES) + sorted(n for n in reqs if n not in LIBRARIES)
     for name in names:
         installed = _version(name)
         req = reqs.get(name)
@@ -160,13 +161,7 @@ def check_incompatibilities() -> Iterator[Check]:
 
 
 def check_default_settings() -> Iterator[Check]:
-    from ..runtime.errors import Audioldm2FastError
-
     try:
-        from ..checkpoints.resolve import resolve_checkpoint
-        from ..config.validate import validate_config
-        from ..generator import compose_config
-
         cfg = compose_config(["prompt=doctor"])
         validate_config(cfg)
         yield Check("ok", "default settings", "the default config is valid on the devices present")
@@ -181,8 +176,6 @@ def check_default_settings() -> Iterator[Check]:
 
 def _default_checkpoint_cached() -> Iterator[Check]:
     from huggingface_hub import try_to_load_from_cache
-
-    from ..generator import compose_config
 
     repo = compose_config([]).checkpoint.repo_id
     try:

@@ -17,6 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from diffusers import AudioLDM2Pipeline
+from transformers import GPT2LMHeadModel
+
+from ..accel.compile import effective_mode
+from ..stages.schedulers import build_scheduler
 
 if TYPE_CHECKING:
     from ..generator import Generator
@@ -41,8 +46,6 @@ def _original(module: Any) -> Any:
 
 
 def _wrap_gpt2(model: torch.nn.Module) -> torch.nn.Module:
-    from transformers import GPT2LMHeadModel
-
     if isinstance(model, GPT2LMHeadModel):
         return model
     with torch.device("meta"):
@@ -54,10 +57,6 @@ def _wrap_gpt2(model: torch.nn.Module) -> torch.nn.Module:
 
 class DiffusersReference:
     def __init__(self, generator: Generator):
-        from diffusers import AudioLDM2Pipeline
-
-        from ..stages.schedulers import build_scheduler
-
         cfg = generator.cfg
         denoiser = next(s for s in generator.stages if s.name == "denoiser")
         self.device, self.dtype = denoiser.device, denoiser.dtype
@@ -82,9 +81,7 @@ class DiffusersReference:
         # Keep generation order (the stock scorer re-ranks across the batch when librosa is installed), so that
         # outputs compare one to one; ranking is not part of the reference's time.
         self.pipe.score_waveforms = lambda text, audio, num_waveforms_per_prompt, device, dtype: audio
-        from ..accel.compile import effective_mode
-
-        if effective_mode(str(cfg.compile.mode), self.device) != "none" and "denoiser" in cfg.compile.stages:
+        if effective_mode(str(cfg.compile.mode), self.device.type) != "none" and "denoiser" in cfg.compile.stages:
             self.pipe.unet = torch.compile(self.pipe.unet, mode="reduce-overhead", fullgraph=True)
             self.notes.append('unet compiled with torch.compile(mode="reduce-overhead", fullgraph=True)')
         self.cfg = cfg
@@ -115,8 +112,6 @@ class DiffusersReference:
         The yardstick for half-precision equivalence: our half-precision output may differ from the stock
         half-precision output by no more than the stock output itself differs from its own fp32 run.
         """
-        from diffusers import AudioLDM2Pipeline
-
         parts = {}
         for name, part in self.pipe.components.items():
             part = _original(part)
