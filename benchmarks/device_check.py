@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,8 +41,8 @@ NEGATIVE_PROMPT = "Low quality, average quality."
 BATCH_PROMPTS = [
     PROMPT,
     "A heavy thunderstorm with rolling thunder and rain pouring onto a metal roof at night",
-    "A jazz trio with upright bass, brushed drums and a soft piano playing in a small club",
-    "Birds singing at dawn in a dense forest while a small stream flows over the rocks",
+    "A jazz trio with upright bass, brushed drums and soft piano in a small club",
+    "Birds singing at dawn in a dense forest while a stream flows over rocks",
     "A busy city street with car horns, footsteps and people talking near a cafe terrace",
     "An old steam train leaving the station with its whistle blowing and wheels clattering",
     "A crackling campfire with wood popping and crickets chirping in the warm summer night",
@@ -54,7 +54,7 @@ BATCH_PROMPTS = [
     "Rain falling on leaves in a tropical jungle with frogs croaking and distant thunder",
     "A marching band with brass horns, snare drums and cymbals parading down a wide street",
     "A quiet library with pages turning, a clock ticking and someone typing on a keyboard",
-    "Children laughing and playing on a playground while a dog barks somewhere in the distance",
+    "Children laughing on a playground while a dog barks somewhere in the distance",
 ]
 STATUSES = ("pending", "running", "ok", "failed", "timed out", "skipped", "interrupted")
 REPORT_JSON, REPORT_MD, LOGS_ARCHIVE = "device-check.json", "device-check.md", "logs.tar.gz"
@@ -113,13 +113,13 @@ GPU = Sizes(
     batch_runs=(1, 2),
     fresh_runs=(1, 1),
     limits={
-        "environment": 90,
-        "gpu-tests": 120,
+        "environment": 60,
+        "gpu-tests": 90,
         "eager": 90,
         "fastest": 300,
         "profile": 240,
-        "long-budget": 100,
-        "long-unconstrained": 90,
+        "long-budget": 120,
+        "long-unconstrained": 100,
         "batch": 90,
         "fresh-cache": 150,
         "large-eager": 100,
@@ -173,7 +173,8 @@ class Step:
     kind: str  # environment | pytest | benchmark | profile | custom
     commands: list[list[str]]
     limit_s: float
-    needs: str | None = None  # a step that must have succeeded first in this run (fresh-cache needs fastest's cache)
+    # Steps of which one must have succeeded earlier in this run (fresh-cache needs a process that filled the cache).
+    needs: tuple[str, ...] = ()
     skip_reason: str | None = None  # skipped by design in this mode
     dir: Path | None = None
 
@@ -220,23 +221,81 @@ def _benchmark_overrides(sizes: Sizes, checkpoint: str, warmup_runs: tuple[int, 
     ]
 
 
-def plan_steps(
-    sizes: Sizes, python: str, work: Path, *, dry: bool, profile: bool, cache_dir: Path | None = None
-) -> list[Step]:
+def plan_steps(sizes: Sizes, python: str, work: Path, *, profile: bool = False) -> list[Step]:
     """The sequence in order of value. Every benchmark step is one ``python -m audioldm2_fast task=benchmark``."""
     cli = [python, "-m", "audioldm2_fast"]
-    cache = f"compile.cache_dir={cache_dir or work / 'compile-cache'}"
-    half = f"precision={sizes.half}"
+    half, reference = f"precision={sizes.half}", "benchmark.reference=diffusers"
+    cache = f"compile.cache_dir={work / 'compile-cache'}"
+    long = (f"audio_length_s={sizes.long_length_s:g}", f"num_waveforms={sizes.long_waveforms}")
+    prompts = BATCH_PROMPTS[: sizes.batch_prompts]
     gpu_tests = sorted(
         str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py") if "mark.gpu" in p.read_text()
     )
+
+    def bench(sid: str, group: str, title: str, runs: tuple[int, int], *extra: str, checkpoint: str = "") -> Step:
+        command = cli + _benchmark_overrides(sizes, checkpoint or sizes.checkpoint, runs, *extra)
+        return Step(sid, group, title, "benchmark", [command], sizes.limits.get(sid, 0))
+
+    def model_steps(checkpoint: str, label: str = "") -> list[Step]:
+        on, (group, long_group) = (f" on {checkpoint}", "77") if label else ("", "34")
+        length = f"{sizes.long_waveforms} x {sizes.long_length_s:g} s"
+        return [
+            bench(
+                f"{label}eager",
+                group,
+                f"eager {sizes.half}, ours vs stock{on}",
+                sizes.eager_runs,
+                half,
+                "compile=none",
+                reference,
+                checkpoint=checkpoint,
+            ),
+            bench(
+                f"{label}fastest",
+                group,
+                f"experiment=fastest vs the stock recipe (compiled UNet){on}",
+                sizes.fastest_runs,
+                "experiment=fastest",
+                half,
+                cache,
+                reference,
+                checkpoint=checkpoint,
+            ),
+            bench(
+                f"{label}long-budget",
+                long_group,
+                f"{length}, memory.budget_gb={sizes.long_budget_gb:g}{on}",
+                sizes.long_runs,
+                half,
+                "compile=none",
+                *long,
+                f"memory.budget_gb={sizes.long_budget_gb:g}",
+                checkpoint=checkpoint,
+            ),
+            # A budget that no call reaches: the planner takes no step, so the settings stay the defaults, and it
+            # records its estimate beside the measured peak.
+            bench(
+                f"{label}long-unconstrained",
+                long_group,
+                f"{length}, unconstrained{on}",
+                sizes.long_runs,
+                half,
+                "compile=none",
+                *long,
+                "memory.budget_gb=100000",
+                checkpoint=checkpoint,
+            ),
+        ]
+
+    pytest = [python, "-m", "pytest", "-m", "gpu", *(gpu_tests or ["tests"]), "-v", "-rfEs", "-p", "no:cacheprovider"]
+    probe = [python, str(Path(__file__).resolve()), "--probe", "{dir}/environment.json"]
     steps = [
         Step(
             "environment",
             "1",
-            "environment: GPU, driver, CUDA, library versions, commit; task=doctor",
+            "environment: GPU, driver, CUDA, versions, commit; task=doctor",
             "environment",
-            [[python, str(Path(__file__).resolve()), "--probe", "{dir}/environment.json"], [*cli, "task=doctor"]],
+            [probe, [*cli, "task=doctor"]],
             sizes.limits["environment"],
         ),
         Step(
@@ -244,166 +303,59 @@ def plan_steps(
             "2",
             "the gpu-marked tests",
             "pytest",
-            [
-                [
-                    python,
-                    "-m",
-                    "pytest",
-                    "-m",
-                    "gpu",
-                    *(gpu_tests or ["tests"]),
-                    "-v",
-                    "-rfEs",
-                    "-p",
-                    "no:cacheprovider",
-                ]
-                + ["--timeout=90", "--junitxml={dir}/junit.xml"]
-            ],
+            [[*pytest, "--timeout=60", "--junitxml={dir}/junit.xml"]],
             sizes.limits["gpu-tests"],
         ),
     ]
-
-    def benchmarks(prefix: str, checkpoint: str, group: str) -> list[Step]:
-        label = f"{prefix}-" if prefix else ""
-        on = f" on {checkpoint}" if prefix else ""
-        long = (f"audio_length_s={sizes.long_length_s:g}", f"num_waveforms={sizes.long_waveforms}")
-        return [
-            Step(
-                f"{label}eager",
-                group,
-                f"eager {sizes.half}, ours vs stock{on}",
-                "benchmark",
-                [
-                    cli
-                    + _benchmark_overrides(
-                        sizes, checkpoint, sizes.eager_runs, half, "compile=none", "benchmark.reference=diffusers"
-                    )
-                ],
-                sizes.limits.get(f"{label}eager", 120),
-            ),
-            Step(
-                f"{label}fastest",
-                group,
-                f"experiment=fastest vs the stock recipe (compiled UNet){on}",
-                "benchmark",
-                [
-                    cli
-                    + _benchmark_overrides(
-                        sizes,
-                        checkpoint,
-                        sizes.fastest_runs,
-                        "experiment=fastest",
-                        half,
-                        cache,
-                        "benchmark.reference=diffusers",
-                    )
-                ],
-                sizes.limits.get(f"{label}fastest", 300),
-            ),
-            Step(
-                f"{label}long-budget",
-                group,
-                f"{sizes.long_waveforms} x {sizes.long_length_s:g} s, memory.budget_gb={sizes.long_budget_gb:g}{on}",
-                "benchmark",
-                [
-                    cli
-                    + _benchmark_overrides(
-                        sizes,
-                        checkpoint,
-                        sizes.long_runs,
-                        half,
-                        "compile=none",
-                        *long,
-                        f"memory.budget_gb={sizes.long_budget_gb:g}",
-                    )
-                ],
-                sizes.limits.get(f"{label}long-budget", 120),
-            ),
-            Step(
-                f"{label}long-unconstrained",
-                group,
-                f"{sizes.long_waveforms} x {sizes.long_length_s:g} s, unconstrained{on}",
-                "benchmark",
-                [
-                    # A budget no call reaches: the planner takes no step (the settings stay the defaults) and
-                    # records its estimate beside the measured peak.
-                    cli
-                    + _benchmark_overrides(
-                        sizes, checkpoint, sizes.long_runs, half, "compile=none", *long, "memory.budget_gb=100000"
-                    )
-                ],
-                sizes.limits.get(f"{label}long-unconstrained", 120),
-            ),
-        ]
-
-    main = benchmarks("", sizes.checkpoint, "3")
+    main = model_steps(sizes.checkpoint)
     steps += main[:2]
     if profile:
+        generator = [
+            o
+            for o in _benchmark_overrides(sizes, sizes.checkpoint, (0, 1), "experiment=fastest", half, cache)
+            if not o.startswith(("task=", "benchmark."))
+        ]
+        script = str(Path(__file__).resolve().parent / "device_profile.py")
         steps.append(
             Step(
                 "profile",
                 "P",
                 f"torch.profiler over one {sizes.profile_steps}-step clip of experiment=fastest",
                 "profile",
-                [
-                    [python, str(Path(__file__).resolve().parent / "device_profile.py"), "--out", "{dir}"]
-                    + ["--steps", str(sizes.profile_steps), "--"]
-                    + [
-                        o
-                        for o in _benchmark_overrides(
-                            sizes, sizes.checkpoint, (0, 1), "experiment=fastest", half, cache
-                        )
-                        if not o.startswith(("task=", "benchmark."))
-                    ]
-                ],
+                [[python, script, "--out", "{dir}", "--steps", str(sizes.profile_steps), "--", *generator]],
                 sizes.limits["profile"],
             )
         )
-    for step in main[2:]:
-        step.group = "4"
-        steps.append(step)
-    prompts = BATCH_PROMPTS[: sizes.batch_prompts]
+    steps += main[2:]
     steps.append(
-        Step(
+        bench(
             "batch",
             "5",
             f"{len(prompts)} prompts in one call, eager {sizes.half}, ours vs stock",
-            "benchmark",
-            [
-                cli
-                + _benchmark_overrides(
-                    sizes,
-                    sizes.checkpoint,
-                    sizes.batch_runs,
-                    half,
-                    "compile=none",
-                    "benchmark.reference=diffusers",
-                    "benchmark.fp32_check=false",
-                )
-                + ["prompt=[" + ",".join(hydra_quote(p) for p in prompts) + "]"]
-            ],
-            sizes.limits["batch"],
+            sizes.batch_runs,
+            half,
+            "compile=none",
+            reference,
+            "benchmark.fp32_check=false",
+            "prompt=[" + ",".join(hydra_quote(p) for p in prompts) + "]",
         )
     )
-    steps.append(
-        Step(
-            "fresh-cache",
-            "6",
-            "a fresh process's first call with the compile cache that step fastest filled",
-            "benchmark",
-            [cli + _benchmark_overrides(sizes, sizes.checkpoint, sizes.fresh_runs, "experiment=fastest", half, cache)],
-            sizes.limits["fresh-cache"],
-            needs="fastest",
-        )
+    fresh = bench(
+        "fresh-cache",
+        "6",
+        "a fresh process's first call on the compile cache that fastest (or profile) filled",
+        sizes.fresh_runs,
+        "experiment=fastest",
+        half,
+        cache,
     )
-    if sizes.large_checkpoint:
-        steps += benchmarks("large", sizes.large_checkpoint, "7")
-    else:
-        for step in benchmarks("large", "synthetic-audioldm2-large", "7"):
-            step.commands, step.limit_s = [], 0
+    fresh.needs = ("fastest", "profile")
+    steps.append(fresh)
+    large = model_steps(sizes.large_checkpoint or "synthetic-audioldm2-large", "large-")
+    if not sizes.large_checkpoint:
+        for step in large:
             step.skip_reason = "a DRY run has no large model: the GPU run measures it when time is left"
-            steps.append(step)
-    return steps
+    return steps + large
 
 
 # ------------------------------------------------------------------------------------------------ the figures
@@ -573,6 +525,10 @@ def _nvidia_smi(field_name: str) -> str | None:
     return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
 
 
+def _first_ok(run: Run, ids: Sequence[str]) -> dict[str, Any] | None:
+    return next((r for r in run.records if r["id"] in ids and r["status"] == "ok"), None)
+
+
 def collect_figures(step: Step, record: dict[str, Any], run: Run) -> None:
     """Read what a finished step wrote into its dir; a step that wrote nothing usable has failed."""
     assert step.dir is not None
@@ -591,11 +547,9 @@ def collect_figures(step: Step, record: dict[str, Any], run: Run) -> None:
         reports = sorted(step.dir.glob("benchmark*.json"), key=lambda p: p.stat().st_mtime)
         if reports:
             figures = benchmark_figures(json.loads(reports[-1].read_text()))
-            if step.needs:
-                before = next((r for r in run.records if r["id"] == step.needs), None)
-                first = (before or {}).get("figures", {}).get("first_call_s")
-                if first:
-                    figures[f"first_call_s_in_{step.needs}"] = first
+            before = _first_ok(run, step.needs)
+            if before and _finite(before.get("figures", {}).get("first_call_s")):
+                figures[f"first_call_s_in_{before['id']}"] = before["figures"]["first_call_s"]
             record["figures"] = figures
         elif record["status"] == "ok":
             record["status"], record["reason"] = "failed", "the command wrote no benchmark.json"
@@ -669,11 +623,9 @@ class StepRunner:
             return step.skip_reason
         if self.selected is not None and step.id not in self.selected:
             return f"not selected (steps: {', '.join(sorted(self.selected))})"
-        if step.needs:
-            before = next((r for r in run.records if r["id"] == step.needs), None)
-            if before is None or before["status"] != "ok":
-                state = "is not in this run" if before is None else f"was {before['status']}"
-                return f"needs step {step.needs} to succeed first in this run, and it {state}"
+        if step.needs and _first_ok(run, step.needs) is None:
+            states = [f"{r['id']} {r['status']}" for r in run.records if r["id"] in step.needs]
+            return f"needs {' or '.join(step.needs)} to succeed first in this run ({', '.join(states) or 'not run'})"
         elapsed = run.elapsed()
         if elapsed + step.limit_s > run.budget_s:
             return (
@@ -974,7 +926,7 @@ def _parse_limits(items: Sequence[str]) -> dict[str, float]:
     return limits
 
 
-def main(argv: Sequence[str] | None = None, plan: Callable[..., list[Step]] = plan_steps) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, help="where the report, the logs archive and the profile land")
     parser.add_argument("--work", type=Path, help="step dirs and the compile cache (default: outputs/...-work/)")
@@ -1012,7 +964,7 @@ def main(argv: Sequence[str] | None = None, plan: Callable[..., list[Step]] = pl
         commit=_commit(args.commit),
         argv=list(sys.argv if argv is None else argv),
     )
-    steps = plan(sizes, args.python, work, dry=args.dry, profile=args.profile)
+    steps = plan_steps(sizes, args.python, work, profile=args.profile)
     selected = {s.strip() for s in args.steps.split(",") if s.strip()} if args.steps else None
     if selected is not None and (unknown := selected - {s.id for s in steps}):
         parser.error(f"unknown step(s) {', '.join(sorted(unknown))}; the steps are {', '.join(s.id for s in steps)}")

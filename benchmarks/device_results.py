@@ -77,7 +77,7 @@ def _batch(f: dict[str, Any]) -> str:
 
 
 def _fresh(f: dict[str, Any]) -> str:
-    before = f.get("first_call_s_in_fastest")
+    before = next((v for k, v in f.items() if k.startswith("first_call_s_in_")), None)
     return f"{f['first_call_s']:.1f} s" + (f" (first process {before:.1f} s)" if before else "")
 
 
