@@ -141,7 +141,7 @@ DRY = Sizes(
     long_length_s=2.56,
     long_waveforms=2,
     long_budget_gb=0.018,
-    batch_prompts=4,
+    batch_prompts=2,
     profile_steps=4,
     eager_runs=(1, 1),
     fastest_runs=(1, 1),
@@ -313,7 +313,7 @@ def plan_steps(sizes: Sizes, python: str, work: Path, *, profile: bool = False) 
         generator = [
             o
             for o in _benchmark_overrides(sizes, sizes.checkpoint, (0, 1), "experiment=fastest", half, cache)
-            if not o.startswith(("task=", "benchmark."))
+            if not o.startswith(("task=", "benchmark.", "steps="))  # the profile sets the steps of each call
         ]
         script = str(Path(__file__).resolve().parent / "device_profile.py")
         steps.append(
@@ -567,6 +567,22 @@ def collect_figures(step: Step, record: dict[str, Any], run: Run) -> None:
 # ----------------------------------------------------------------------------------------------- running steps
 
 
+_SAFE = re.compile(r"^[\w@%+=:,./-]+$")
+
+
+def shell_join(args: Sequence[str]) -> str:
+    """A command line to copy into a shell, quoted for reading: ``"prompt='a b'"`` rather than shlex's nesting."""
+    words = []
+    for arg in args:
+        if _SAFE.match(arg):
+            words.append(arg)
+        elif not any(c in arg for c in '"$`\\!'):
+            words.append(f'"{arg}"')
+        else:
+            words.append(shlex.quote(arg))
+    return " ".join(words)
+
+
 def _kill_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
     """End a step's whole process group (a compile's worker processes too): SIGTERM, then SIGKILL."""
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, grace_s)):
@@ -613,7 +629,7 @@ class StepRunner:
             "title": step.title,
             "status": "pending",
             "limit_s": step.limit_s,
-            "commands": [shlex.join(c) for c in step.commands],
+            "commands": [shell_join(c) for c in step.commands],
             "figures": {},
         }
 
@@ -661,7 +677,7 @@ class StepRunner:
         record.update(
             status="running",
             started_at=run.elapsed(),
-            commands=[shlex.join(c) for c in commands],
+            commands=[shell_join(c) for c in commands],
             log=f"{step.id}/log.txt",
         )
         write_report(run)
@@ -670,7 +686,7 @@ class StepRunner:
         with open(step.dir / "log.txt", "wb") as log:
             for command in commands:
                 left = step.limit_s - (time.monotonic() - t0)
-                log.write(f"$ {shlex.join(command)}\n".encode())
+                log.write(f"$ {shell_join(command)}\n".encode())
                 log.flush()
                 if left <= 0:
                     status = "timed out"
@@ -831,7 +847,9 @@ def summarize(record: dict[str, Any]) -> str:
     stock = f.get("stock")
     if stock:
         parts.append(f"stock {_s(stock.get('e2e_median_s'))} s")
-        parts.append(f"{_s(f.get('speedup'), 2)}x faster (ours/stock {_s(f.get('ours_over_stock'))})")
+        speedup = f.get("speedup", float("nan"))
+        pace = f"{_s(speedup, 2)}x faster" if speedup >= 1 else f"{_s(1 / speedup, 2)}x slower"
+        parts.append(f"{pace} (ours/stock {_s(f.get('ours_over_stock'))})")
     if f.get("clips", 1) > 1:
         clips = f"{_s(f.get('clips_per_s'), 2)} clips/s"
         if stock:
@@ -856,7 +874,7 @@ def summarize(record: dict[str, Any]) -> str:
         parts.append(f"peak {_gib(f['peak_allocated_mb'])} allocated")
     plan = f.get("memory_plan")
     if plan:
-        parts.append(f"planned {_s(plan.get('estimated_peak_gib'), 2)} GiB ({plan.get('steps')})")
+        parts.append(f"estimated peak {_s(plan.get('estimated_peak_gib'), 2)} GiB (plan: {plan.get('steps')})")
     return "; ".join(parts)
 
 

@@ -8,6 +8,7 @@ import gzip
 import importlib.util
 import json
 import math
+import shlex
 import subprocess
 import sys
 import tarfile
@@ -86,7 +87,7 @@ def test_dry_run_measures_every_step_and_reports_it(tmp_path):
         assert f["e2e_median_s"] > 0 and f["stock"]["e2e_median_s"] > 0 and f["ours_over_stock"] > 0
         assert f["max_abs_diff"] < 1e-4  # fp32 on the CPU: the same output
         assert f["first_call_s"] > 0 and f["load_s"] > 0 and f["settings"]["checkpoint"] == "tiny"
-    assert steps["batch"]["figures"]["clips"] == 4
+    assert steps["batch"]["figures"]["clips"] == 2
     budget = steps["long-budget"]["figures"]["memory_plan"]
     assert budget["steps"] != "nothing" and budget["estimated_peak_gib"] <= budget["budget_gb"] * 1.5
     free = steps["long-unconstrained"]["figures"]
@@ -361,3 +362,9 @@ def test_the_readme_table_matches_the_kept_results():
     text = (ROOT / "README.md").read_text()
     block = text.split(device_results.BEGIN, 1)[1].split(device_results.END, 1)[0].strip()
     assert block == device_results.results_table(device_results.collected(BENCHMARKS))
+
+
+def test_recorded_command_lines_run_as_written():
+    args = ["python", "-m", "x", "prompt='a, b'", "path=/tmp/a b", 'q="x"', "v=$HOME", "prompt=['a','b c']", "ok=1"]
+    line = device_check.shell_join(args)
+    assert shlex.split(line) == args and "\"prompt='a, b'\"" in line
