@@ -646,7 +646,8 @@ class StepRunner:
         if elapsed + step.limit_s > run.budget_s:
             return (
                 f"its limit of {step.limit_s:.0f} s would end at {elapsed + step.limit_s:.0f} s, past the budget of "
-                f"{run.budget_s:.0f} s ({elapsed:.0f} s used); run it alone with STEPS={step.id}"
+                f"{run.budget_s:.0f} s ({elapsed:.0f} s used); run it in another window with "
+                f"STEPS=environment,{step.id}"
             )
         return None
 
@@ -672,7 +673,7 @@ class StepRunner:
             shutil.rmtree(step.dir)
         step.dir.mkdir(parents=True)
         commands = [[a.replace("{dir}", str(step.dir)) for a in c] for c in step.commands]
-        if step.kind in ("benchmark",):
+        if step.kind == "benchmark":
             commands = [[*c, f"hydra.run.dir={step.dir}", f"output.dir={step.dir}"] for c in commands]
         record.update(
             status="running",
@@ -682,7 +683,7 @@ class StepRunner:
         )
         write_report(run)
         t0 = time.monotonic()
-        status, returncode = "ok", 0
+        status, returncode, failed_code = "ok", 0, None
         with open(step.dir / "log.txt", "wb") as log:
             for command in commands:
                 left = step.limit_s - (time.monotonic() - t0)
@@ -709,9 +710,11 @@ class StepRunner:
                 finally:
                     self.current = None
                 if returncode != 0:
-                    status = "failed"
+                    status, failed_code = "failed", failed_code if failed_code is not None else returncode
                     if step.kind != "environment":  # the probe and the doctor are both worth having
                         break
+        if failed_code is not None and status == "failed":
+            returncode = failed_code
         record.update(status=status, returncode=returncode, wall_s=time.monotonic() - t0)
         if status == "timed out":
             record["reason"] = f"ran past its limit of {step.limit_s:.0f} s and was stopped"

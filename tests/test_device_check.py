@@ -68,6 +68,7 @@ def test_dry_run_measures_every_step_and_reports_it(tmp_path):
     assert [s["id"] for s in report["steps"]] == ALL_STEPS
     assert report["dry"] and report["finished"] and report["kind"] == "device-check"
     assert len(report["commit"]) == 40 and report["elapsed_s"] <= wall + 1
+    assert all(s["status"] in device_check.STATUSES for s in report["steps"])
     for sid in ALL_STEPS:
         step = steps[sid]
         if sid.startswith("large-"):
@@ -170,7 +171,7 @@ def test_steps_are_skipped_when_their_limit_would_pass_the_budget(tmp_path):
     status = {r["id"]: r["status"] for r in run.records}
     assert status == {"first": "ok", "second": "skipped", "third": "ok"}
     reason = run.records[1]["reason"]
-    assert "limit of 50 s" in reason and "budget of 30 s" in reason and "STEPS=second" in reason
+    assert "limit of 50 s" in reason and "budget of 30 s" in reason and "STEPS=environment,second" in reason
 
 
 def test_an_interrupted_check_marks_the_running_step(tmp_path):
