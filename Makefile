@@ -35,7 +35,7 @@ clean:
 # GPU measurements (benchmarks/README.md). Here: `make device-wheels`. On the GPU machine, carrying .whl:
 # `make device-check COMMIT=<sha>` (no venv, no index: the machine's python3 and the wheels). Back here:
 # `make device-results RUN=<its OUT>`. `make device-check DRY=1` runs the same sequence on this CPU.
-# Variables: OUT, DRY=1, PROFILE=1, COMMIT, PYTHON, BUDGET (s), STEPS (ids), LIMITS ("id=s ..."), WORK.
+# Variables: OUT, DRY=1, PROFILE=1, COMMIT, PYTHON, BUDGET (s), STEPS (ids), LIMITS ("id=s ..."), WORK, HALF.
 COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)
 CHECK_PYTHON := $(if $(filter command line environment,$(origin PYTHON)),$(PYTHON),)
 
@@ -44,7 +44,7 @@ device-wheels:
 
 device-check:
 	OUT="$(OUT)" DRY="$(DRY)" PROFILE="$(PROFILE)" COMMIT="$(COMMIT)" PYTHON="$(CHECK_PYTHON)" BUDGET="$(BUDGET)" \
-	  STEPS="$(STEPS)" LIMITS="$(LIMITS)" WORK="$(WORK)" bash benchmarks/device_check.sh
+	  STEPS="$(STEPS)" LIMITS="$(LIMITS)" WORK="$(WORK)" HALF="$(HALF)" bash benchmarks/device_check.sh
 
 device-results:
 	$(if $(wildcard $(BIN)/python),$(BIN)/python,python3) benchmarks/device_results.py $(if $(RUN),"$(RUN)",--table-only)

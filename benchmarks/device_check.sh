@@ -3,7 +3,7 @@
 # target folder, without an index or a venv, then run benchmarks/device_check.py with the machine's own python3.
 # DRY=1 runs the same sequence on the CPU with this checkout's .venv (or python3) and installs nothing.
 # Variables: OUT, DRY, PROFILE, COMMIT, PYTHON, BUDGET (seconds), STEPS (ids, comma-separated), LIMITS ("id=s ..."),
-# WORK (step dirs and the compile cache), SITE (where the wheels go).
+# WORK (step dirs and the compile cache), HALF (fp16 or bf16 on the GPU), SITE (where the wheels go).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
@@ -32,5 +32,6 @@ fi
 [ -n "${BUDGET:-}" ] && args+=(--budget-s "$BUDGET")
 [ -n "${STEPS:-}" ] && args+=(--steps "$STEPS")
 [ -n "${WORK:-}" ] && args+=(--work "$WORK")
+[ -n "${HALF:-}" ] && args+=(--half "$HALF")
 for limit in ${LIMITS:-}; do args+=(--limit "$limit"); done
 exec "$PYTHON" benchmarks/device_check.py "${args[@]}"
