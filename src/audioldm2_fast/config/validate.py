@@ -43,7 +43,8 @@ def validate_config(cfg: DictConfig, probe: Probe = probe_device, require_prompt
 
     ``probe`` describes the devices (tests pass one that describes hardware this machine does not have).
     ``require_prompt=False`` accepts a config without a prompt (a Generator built once and given prompts per call).
-    The chain itself (its stage classes) is checked by ``stages.registry.check_chain``. Returns None for ``task=merge``, whose only setting is ``dir``.
+    The chain itself (its stage classes) is checked by ``stages.registry.check_chain``. Returns None for
+    ``task=merge``, whose only setting is ``dir``.
     """
     if cfg.get("task") == "merge":
         return _validate_merge(cfg)
