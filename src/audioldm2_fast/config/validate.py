@@ -43,12 +43,14 @@ def validate_config(cfg: DictConfig, probe: Probe = probe_device, require_prompt
 
     ``probe`` describes the devices (tests pass one that describes hardware this machine does not have).
     ``require_prompt=False`` accepts a config without a prompt (a Generator built once and given prompts per call).
-    The chain itself (its stage classes) is checked by ``stages.registry.check_chain``. Returns None for ``task=merge``, whose only setting is ``dir``.
+    The chain itself (its stage classes) is checked by ``stages.registry.check_chain``. Returns None for
+    ``task=merge``, whose only setting is ``dir``.
     """
     if cfg.get("task") == "merge":
         return _validate_merge(cfg)
     settings = check_schema(cfg)
-    if require_prompt and settings.prompt is None and settings.prompts_file is None and settings.task != "doctor":
+    needs_prompt = require_prompt and settings.task not in ("doctor", "serve")  # a server's prompts come per request
+    if needs_prompt and settings.prompt is None and settings.prompts_file is None:
         raise ConfigError("prompt", 'required, e.g. prompt="rain on a tin roof" (or prompts_file=prompts.txt)')
     optimizations = find_optimizations(cfg)
     placements = {name: placement(cfg, name, probe) for name in cfg.pipeline.chain if name in cfg.stages}
