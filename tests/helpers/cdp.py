@@ -5,6 +5,7 @@ no driver binary. Enough to load a page, type, click where an element is, wait f
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import subprocess
@@ -24,7 +25,8 @@ class Browser:
         flags = [
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--disable-sync", "--no-first-run", "--remote-debugging-pipe",
-            "--autoplay-policy=no-user-gesture-required", f"--user-data-dir={self._profile.name}", f"--window-size={width},{height}", "about:blank",
+            "--autoplay-policy=no-user-gesture-required", f"--user-data-dir={self._profile.name}",
+            f"--window-size={width},{height}", "about:blank",
         ]  # fmt: skip
         # Chromium reads commands on fd 3 and writes replies on fd 4; bash puts the pipes there.
         script = f'exec 20<&{to_browser} 21>&{from_browser}; exec 3<&20 4>&21 20<&- 21>&-; exec "$0" "$@"'
@@ -113,10 +115,8 @@ class Browser:
         return path
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(RuntimeError, OSError):
             self.call("Browser.close")
-        except (RuntimeError, OSError):
-            pass
         try:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
