@@ -32,11 +32,11 @@ INVALID = [
 
 
 def _mix() -> list[tuple[object, bool]]:
-    """Every other request invalid; the valid ones over five prompts (several shapes), each with its own seed."""
+    """One request in four valid, over five prompts (several shapes), each with its own seed; the others invalid."""
     out = []
     for k in range(REQUESTS):
-        if k % 2:
-            out.append((INVALID[k // 2 % len(INVALID)], False))
+        if k % 4:
+            out.append((INVALID[k % len(INVALID)], False))
         else:
             out.append(({"prompt": PROMPTS[k % len(PROMPTS)], "seed": k}, True))
     return out
