@@ -25,9 +25,11 @@ from .checkpoints.resolve import resolve_checkpoint
 from .config.help import help_text
 from .config.overrides import check_flags, compose_command_line
 from .config.paths import conf_dir
+from .config.requests import check_server
 from .config.validate import validate_config
 from .runtime.errors import PROG, Audioldm2FastError, ItemsFailedError
 from .stages.registry import check_chain
+from .tasks.batch_invariance import prefer_reproducible_blas
 from .tasks.doctor import run_doctor
 
 log = logging.getLogger("audioldm2_fast")
@@ -50,6 +52,9 @@ def check_overrides(argv: Sequence[str]) -> DictConfig | None:
         return cfg
     if cfg.get("prompts_file") is not None:
         read_items(cfg)
+    if cfg.task == "serve":
+        check_server(cfg)
+        prefer_reproducible_blas()  # before anything calls MKL (see tasks/batch_invariance.py)
     if cfg.task != "doctor":
         resolve_checkpoint(cfg.checkpoint)  # a missing checkpoint fails here, before Hydra creates a run dir
         check_chain(cfg, validated.optimizations)  # imports the stage classes: last, after every cheap check
@@ -74,6 +79,10 @@ def run_task(cfg: DictConfig) -> dict[str, Any]:
         from .tasks.benchmark import run_benchmark_task  # heavy: torch and the model libraries
 
         return run_benchmark_task(cfg)
+    if cfg.task == "serve":
+        from .tasks.serve import run_serve  # heavy: torch, the model libraries and the web stack
+
+        return run_serve(cfg)
     if cfg.get("prompts_file") is not None:
         from .batch.run import run_batch  # heavy: torch and the model libraries
 

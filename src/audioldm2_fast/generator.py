@@ -267,6 +267,13 @@ class Generator:
         output_type: str = "np",
     ) -> GenerationResult:
         """Run the chain on a prepared state (``new_state``, possibly with per-item fields set)."""
+        return self._result(self.run_stages(state, skip, stop_after), output_type)
+
+    def run_stages(
+        self, state: GenerationState, skip: set[str] | frozenset[str] = frozenset(), stop_after: str | None = None
+    ) -> GenerationState:
+        """``run`` without making a result: the state after the stages, for a caller that goes on with it (the
+        server runs the text side and the denoiser for several requests at once, then the rest per request)."""
         for stage in self.stages:
             if stage.name in skip:
                 continue
@@ -289,7 +296,7 @@ class Generator:
             state.timings[stage.name] = time.perf_counter() - t0
             if stage.name == stop_after:
                 break
-        return self._result(state, output_type)
+        return state
 
     def _result(self, state: GenerationState, output_type: str) -> GenerationResult:
         def out(tensor: torch.Tensor | None) -> Any:

@@ -194,6 +194,17 @@ def check_node(node: Any, schema: type[S], key: str = "", ignore: Sequence[str] 
     return schema(**values)
 
 
+def check_value(schema: type, name: str, value: Any, key: str | None = None) -> Any:
+    """One field of a schema on its own: a plain Python ``value`` (a JSON request's, say) converted to the field's
+    type and checked against its bounds, or ConfigError naming ``key`` (default: the field's name)."""
+    for f, tp in schema_fields(schema):
+        if f.name == name:
+            converted = _convert(value, tp, key or name)
+            _check_constraints(converted, f.metadata, key or name)
+            return converted
+    raise KeyError(name)
+
+
 def choices_of(schema: type, name: str) -> tuple[Any, ...]:
     """The allowed values of one field (empty when it has none)."""
     for f in dataclasses.fields(schema):

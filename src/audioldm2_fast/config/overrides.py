@@ -169,6 +169,8 @@ def compose_command_line(argv: Sequence[str]) -> tuple[CommandLine, DictConfig |
             values = [override.get_value_element_as_str()] if not override.is_delete() else []
         if key == "task" and line.multirun and "doctor" in values:
             raise ConfigError(key, "task=doctor checks the environment once: run it without -m")
+        if key == "task" and line.multirun and "serve" in values:
+            raise ConfigError(key, "task=serve runs one server: run it without -m")
         if key in groups:
             for value in values:
                 if value not in groups[key]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from .fields import setting
 
-TASKS = ("generate", "benchmark", "merge", "doctor")
+TASKS = ("generate", "benchmark", "merge", "doctor", "serve")
 DTYPE_NAMES = ("fp32", "fp16", "bf16")
 FORMATS = {"wav": "WAV", "flac": "FLAC", "ogg": "OGG", "mp3": "MP3"}
 NORMALIZE = ("none", "peak", "loudness")
@@ -146,6 +146,23 @@ class BenchmarkConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    """``server``: ``task=serve``'s address, batching, queue and request limits (README, "Serving")."""
+
+    host: str = setting()
+    port: int = setting(ge=0, le=65535)
+    api_key: str | None = setting()
+    batch_window_ms: float = setting(ge=0)
+    max_batch: int = setting(ge=1)
+    max_queue: int = setting(ge=1)
+    max_audio_length_s: float = setting(gt=0)
+    max_num_waveforms: int = setting(ge=1)
+    max_steps: int = setting(ge=1)
+    max_prompt_chars: int = setting(ge=1, le=10_000)
+    warmup: list[dict[str, Any]] = setting()
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """The root keys. Nodes whose YAML names a ``_target_`` are optimisations, checked by their own schema."""
 
@@ -172,3 +189,4 @@ class Config:
     pipeline: PipelineConfig = setting()
     stages: dict[str, Any] = setting()
     benchmark: BenchmarkConfig = setting()
+    server: ServerConfig = setting()

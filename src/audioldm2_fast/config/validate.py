@@ -49,7 +49,8 @@ def validate_config(cfg: DictConfig, probe: Probe = probe_device, require_prompt
     if cfg.get("task") == "merge":
         return _validate_merge(cfg)
     settings = check_schema(cfg)
-    if require_prompt and settings.prompt is None and settings.prompts_file is None and settings.task != "doctor":
+    needs_prompt = require_prompt and settings.task not in ("doctor", "serve")  # a server's prompts come per request
+    if needs_prompt and settings.prompt is None and settings.prompts_file is None:
         raise ConfigError("prompt", 'required, e.g. prompt="rain on a tin roof" (or prompts_file=prompts.txt)')
     optimizations = find_optimizations(cfg)
     placements = {name: placement(cfg, name, probe) for name in cfg.pipeline.chain if name in cfg.stages}

@@ -113,13 +113,23 @@ class Denoiser(Stage):
             model_input = scheduler.scale_model_input(model_input, t)
             noise_pred = predict_noise(unet, model_input, t, cond_gpt2, cond_t5, mask_t5, sub_batch)
             if guidance:
-                uncond, text = noise_pred.chunk(2)
-                noise_pred = uncond + state.guidance_scale * (text - uncond)
+                noise_pred = apply_guidance(noise_pred, state)
             latents = scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
             if state.callback is not None:
                 latents = _after_step(state.callback, i, t, latents)
         state.latents = latents
         return state
+
+
+def apply_guidance(noise_pred: torch.Tensor, state: GenerationState) -> torch.Tensor:
+    """Classifier-free guidance: ``uncond + scale * (text - uncond)``. With per-prompt scales (a server batch), each
+    prompt's rows get the same element-wise operations as that prompt alone, so its result does not change."""
+    uncond, text = noise_pred.chunk(2)
+    scales = state.item_guidance_scales
+    if not scales or len(set(scales)) == 1:
+        return uncond + (scales[0] if scales else state.guidance_scale) * (text - uncond)
+    n = state.num_waveforms
+    return torch.cat([u + scale * (t - u) for scale, u, t in zip(scales, uncond.split(n), text.split(n), strict=True)])
 
 
 def _after_step(callback, step: int, timestep: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:

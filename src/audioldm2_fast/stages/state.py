@@ -58,6 +58,9 @@ class GenerationState:
     item_ids: list[str] | None = None
     item_seeds: list[int] | None = None
     item_generators: list[torch.Generator] | None = None
+    # Server batches (task=serve): per prompt, its guidance scale (None: guidance_scale for all).
+    item_guidance_scales: list[float] | None = None
+    output_format: str | None = None  # the writer's format for this call (None: output.format)
 
     # text_encoders
     clap_embeds: torch.Tensor | None = None  # (P, 1, clap_dim) pooled CLAP text embedding

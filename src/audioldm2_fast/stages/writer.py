@@ -49,7 +49,8 @@ class Writer(Stage):
     def __call__(self, state: GenerationState) -> GenerationState:
         out_dir = self.output_dir(state)
         output = self.settings.output
-        fmt, subtype = output.format, output.subtype
+        fmt = state.output_format or output.format
+        subtype = output.subtype if fmt == output.format else None  # a subtype belongs to its format
         waveforms = state.waveforms.numpy()
         for i, w in enumerate(waveforms):  # a chain run outside the Generator has no per-stage check
             if i not in state.failed and not np.isfinite(w).all():
@@ -74,7 +75,7 @@ class Writer(Stage):
                     waveforms[i], state.sample_rate, output.normalize, output.headroom_db, output.loudness_lufs
                 )
                 write_audio(path, audio, state.sample_rate, fmt, subtype)
-                row = self._row(state, i, path, out_dir)
+                row = self._row(state, i, path, out_dir, fmt, subtype)
                 row["finishing"] = {**finishing, **trim_record(state.trim, state.waveform_length)}
                 row["silent"] = is_silent(waveforms[i])  # the model's output, before any normalisation
                 if row["silent"]:
@@ -102,7 +103,7 @@ class Writer(Stage):
             return list(range(len(state.waveforms)))
         return sorted(range(len(state.waveforms)), key=lambda i: (state.prompt_index(i), int(state.ranks[i])))
 
-    def _row(self, state: GenerationState, i: int, path: Path, out_dir: Path) -> dict:
+    def _row(self, state: GenerationState, i: int, path: Path, out_dir: Path, fmt: str, subtype: str | None) -> dict:
         p = state.prompt_index(i)
         run = state.run
         return {
@@ -120,8 +121,8 @@ class Writer(Stage):
             "audio_length_s": state.waveform_length / state.sample_rate,
             "sample_rate": state.sample_rate,
             "num_samples": int(state.waveforms.shape[1]),
-            "format": self.settings.output.format,
-            "subtype": self.settings.output.subtype,
+            "format": fmt,
+            "subtype": subtype,
             "checkpoint": run.checkpoint,
             "precision": run.precision,
             "stage_times_s": {k: round(v, 6) for k, v in state.timings.items()},

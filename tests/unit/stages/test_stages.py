@@ -74,3 +74,25 @@ def test_meta_placement_moves_modules_without_running(make_generator):
     assert next(vae_stage.modules["vae"].parameters()).device.type == "meta"
     other = gen.stages[BUILTIN.index("vocoder")]
     assert next(other.modules["vocoder"].parameters()).device.type == "cpu"
+
+
+def test_per_prompt_guidance_scales_give_each_prompt_its_result_alone():
+    import torch
+
+    from audioldm2_fast.stages.denoiser import apply_guidance
+    from audioldm2_fast.stages.state import GenerationState
+
+    def state(prompts, scales, n=2):
+        return GenerationState(
+            prompts=prompts, negative_prompts=None, num_waveforms=n, seed=0, guidance_scale=scales[0], steps=1,
+            eta=0.0, audio_length_s=None, max_new_tokens=None, generator=torch.Generator(),
+            item_guidance_scales=scales,
+        )  # fmt: skip
+
+    noise = torch.randn(2 * 3 * 2, 8, 5, 4)  # [uncond of 3 prompts x 2 candidates, text of the same]
+    together = apply_guidance(noise, state(["a", "b", "c"], [2.5, 3.5, 7.0]))
+    uncond, text = noise.chunk(2)
+    for k, scale in enumerate([2.5, 3.5, 7.0]):
+        rows = slice(2 * k, 2 * k + 2)
+        alone = apply_guidance(torch.cat([uncond[rows], text[rows]]), state(["x"], [scale]))
+        assert torch.equal(together[rows], alone)
