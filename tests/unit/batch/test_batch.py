@@ -144,7 +144,7 @@ def test_an_item_alone_and_in_a_batch_gives_the_same_audio(tmp_path, scheduler):
     tokens = generator.store.get("tokenizer_2")
     assert len({len(tokens(line["prompt"]).input_ids) for line in lines}) == 1  # so all three share one batch
     summary = run_batch(cfg, generator)
-    assert summary["items"] == {"done": 3, "skipped": 0, "failed": 0}
+    assert summary["items"] == {"done": 3, "skipped": 0, "failed": 0, "done_elsewhere": 0}
     assert summary["audio_s"] == pytest.approx(3 * 2 * 0.32)
     together = _float_wavs(tmp_path / "out")
 
