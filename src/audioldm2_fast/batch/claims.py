@@ -16,7 +16,6 @@ cannot be taken belongs to a live run: the item is left to it. Locks must reach 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import secrets
 import socket
@@ -30,6 +29,7 @@ from ..outputs.journal import Journal, read_entries
 #: The runs' own bookkeeping inside an output dir; safe to delete when no run is using the dir.
 STATE_DIR = ".audioldm2-fast"
 CLAIMS = f"{STATE_DIR}/claims"
+TEMPORARIES = f"{STATE_DIR}/tmp"  # files being written, before they get their real names
 
 
 @dataclass
@@ -39,11 +39,12 @@ class Claim:
     item_id: str
     path: Path
     fd: int
+    temp_dir: Path
     previous: list[dict[str, Any]] | None = None
     journal: Journal = field(init=False)
 
     def __post_init__(self) -> None:
-        self.journal = Journal(self.fd)
+        self.journal = Journal(self.fd, self.temp_dir)
 
     def entries(self) -> list[dict[str, Any]]:
         """What the claim file holds now: its header and the journal entries after it."""
@@ -76,6 +77,8 @@ class Claims:
     def __init__(self, out_dir: Path, manifest: str):
         self.dir = out_dir / CLAIMS
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.temp_dir = out_dir / TEMPORARIES
+        self.temp_dir.mkdir(exist_ok=True)
         self.token = secrets.token_hex(6)
         self.header_fields = {
             "run": self.token,
@@ -111,7 +114,7 @@ class Claims:
             if not _is_current(fd, path):
                 os.close(fd)  # released (removed) while this run waited for its lock
                 continue
-            return Claim(item_id, path, fd, previous=read_entries(_read_all(fd)))
+            return Claim(item_id, path, fd, self.temp_dir, previous=read_entries(_read_all(fd)))
 
     def _create(self, item_id: str, path: Path) -> Claim | None:
         temp = self.dir / f".{item_id}.{self.token}.new"
@@ -119,7 +122,7 @@ class Claims:
         fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            Journal(fd).record(**self.header(item_id))
+            Journal(fd, self.temp_dir).record(**self.header(item_id))
             os.link(temp, path)
         except (FileExistsError, FileNotFoundError):  # claimed already; or the temporary was cleared as abandoned
             os.close(fd)
@@ -129,7 +132,7 @@ class Claims:
             raise
         finally:
             temp.unlink(missing_ok=True)
-        return Claim(item_id, path, fd)
+        return Claim(item_id, path, fd, self.temp_dir)
 
     def _remove_abandoned_temporaries(self) -> None:
         """Temporary claims of runs killed while creating one (unlocked, so their run is gone)."""
@@ -147,23 +150,6 @@ class Claims:
             finally:
                 os.close(fd)
 
-    def held_elsewhere(self) -> list[dict[str, Any]]:
-        """The headers of the claims that live runs hold now (for messages)."""
-        headers = []
-        for path in sorted(self.dir.glob("*.claim")):
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                entries = read_entries(_read_all(fd))
-                headers.append(entries[0] if entries else {"claim": path.stem})
-            finally:
-                os.close(fd)
-        return headers
-
 
 def _is_current(fd: int, path: Path) -> bool:
     try:
@@ -178,12 +164,3 @@ def _read_all(fd: int) -> bytes:
         chunks.append(chunk)
         offset += len(chunk)
     return b"".join(chunks)
-
-
-def describe_owner(header: dict[str, Any]) -> str:
-    """``pid 123 on host, since ...`` for a claim header."""
-    return f"pid {header.get('pid')} on {header.get('host')}, since {header.get('since')}"
-
-
-def header_json(header: dict[str, Any]) -> str:
-    return json.dumps(header, sort_keys=True)

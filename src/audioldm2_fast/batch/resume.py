@@ -19,7 +19,7 @@ from typing import Any
 
 from ..outputs.journal import started_files
 from ..outputs.manifest import drop_rows, parse_rows
-from .claims import Claim
+from .claims import TEMPORARIES, Claim
 from .items import Item
 
 log = logging.getLogger(__name__)
@@ -29,9 +29,13 @@ _MANIFEST_RE = re.compile(r"^manifest(\.shard-\d+-of-\d+)?\.jsonl$")
 
 @dataclass
 class _Tail:
-    """How much of one manifest has been read, and the rows read from it, by item id."""
+    """One manifest, held open, how much of it has been read, and the rows read from it by item id.
 
-    inode: int = -1
+    Holding the file open is what makes "was it replaced?" answerable: a rewrite gives the name a new file, and while
+    the old one is open its inode number cannot be given to another file (ext4 reuses them at once).
+    """
+
+    fd: int
     offset: int = 0
     rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     paths: list[str] = field(default_factory=list)
@@ -48,23 +52,31 @@ class ManifestView:
     def refresh(self) -> None:
         names = {e.name for e in os.scandir(self.out_dir) if _MANIFEST_RE.match(e.name) and e.is_file()}
         for gone in set(self._tails) - names:
-            del self._tails[gone]
+            os.close(self._tails.pop(gone).fd)
         for name in names:
             self._read_new(name)
 
+    def close(self) -> None:
+        for tail in self._tails.values():
+            os.close(tail.fd)
+        self._tails.clear()
+
     def _read_new(self, name: str) -> None:
         path = self.out_dir / name
+        tail = self._tails.get(name)
         try:
-            with open(path, "rb") as fh:
-                stat = os.fstat(fh.fileno())
-                tail = self._tails.get(name)
-                if tail is None or tail.inode != stat.st_ino or stat.st_size < tail.offset:
-                    tail = self._tails[name] = _Tail(inode=stat.st_ino)  # new, or rewritten: read it whole
-                fh.seek(tail.offset)
-                data = fh.read()
+            if tail is None or os.stat(path).st_ino != os.fstat(tail.fd).st_ino:  # new, or rewritten: read it whole
+                fd = os.open(path, os.O_RDONLY)
+                if tail is not None:
+                    os.close(tail.fd)
+                tail = self._tails[name] = _Tail(fd=fd)
         except FileNotFoundError:
-            self._tails.pop(name, None)
+            if tail is not None:
+                os.close(self._tails.pop(name).fd)
             return
+        data = b""
+        while chunk := os.pread(tail.fd, 1 << 20, tail.offset + len(data)):
+            data += chunk
         end = data.rfind(b"\n") + 1  # whole lines only: an append may be under way
         tail.offset += end
         for row in parse_rows(data[:end]):
@@ -113,7 +125,8 @@ def clear(item: Item, entries: list[dict[str, Any]], view: ManifestView, rows: b
     """Remove what ``entries`` (a journal) say was made for ``item`` and no row names; with ``rows``, drop the item's
     rows from every manifest first. Files that rows named but no journal does are left in place."""
     out_dir = view.out_dir
-    finals, temps = started_files(entries, out_dir)  # before any temporary goes: links are told apart by them
+    temp_dir = out_dir / TEMPORARIES
+    finals, temps = started_files(entries, out_dir, temp_dir)  # before any temporary goes: links are told by them
     dropped: list[dict[str, Any]] = []
     if rows and view.rows_of(item.id):
         for manifest in view.manifests():
@@ -126,7 +139,7 @@ def clear(item: Item, entries: list[dict[str, Any]], view: ManifestView, rows: b
         if _remove(out_dir / name):
             log.warning("removing %s: made for item %s by %s", name, item.id, reason)
     for name in temps:
-        _remove(out_dir / name)
+        _remove(temp_dir / name)
     kept = sorted(
         {p for row in dropped for p in (row.get("path"), row.get("spectrogram")) if isinstance(p, str)} - finals
     )

@@ -219,6 +219,7 @@ class _BatchRun:
         for claim in self.held.values():
             claim.close()
         self.held.clear()
+        self.view.close()
 
 
 def run_batch(cfg: DictConfig, generator: Any = None) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import errno
 import hashlib
 import os
 import re
+import secrets
 import tempfile
 import unicodedata
 from collections.abc import Callable
@@ -54,26 +55,30 @@ def publish(
 ) -> Path:
     """Write a new file ``stem[-k]extension`` in ``directory`` and return its path; no existing file is replaced.
 
-    ``write(tmp)`` writes the whole content under a hidden temporary name; the file then gets the first free name by a
-    hard link, which fails when the name exists, so taking the name and checking it are one atomic step, and a file
-    under a real name is always complete, whenever the process is killed. With a ``journal``, each step is recorded
+    ``write(tmp)`` writes the whole content under a temporary name; the file then gets the first free name by a hard
+    link, which fails when the name exists, so taking the name and checking it are one atomic step, and a file under
+    a real name is always complete, whenever the process is killed. Without a journal the temporary file is hidden in
+    ``directory``; with one it goes in the journal's ``temp_dir``, and each step is recorded before it is taken
     (``outputs.journal``), so that what a killed run left can be removed exactly. On a file system without hard links
     the name is reserved as an empty file and then replaced; a kill in between leaves that empty file.
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{stem}{extension}.", suffix=".part", dir=directory)
-    os.close(fd)
-    temp = Path(tmp)
-    if journal is not None:
+    if journal is None:
+        fd, tmp = tempfile.mkstemp(prefix=f".{stem}{extension}.", suffix=".part", dir=directory)
+        os.close(fd)
+        temp = Path(tmp)
+    else:
+        temp = journal.temp_dir / f"{stem}{extension}.{secrets.token_hex(6)}.part"
         journal.record(temp=temp.name)
+        os.close(os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     try:
-        write(tmp)
-        _usual_permissions(tmp)
+        write(str(temp))
+        _usual_permissions(str(temp))
         for k in range(_MAX_SUFFIX):
             path = directory / _candidate(stem, extension, k)
             if journal is not None:
                 journal.record(link=temp.name, to=path.name)
             try:
-                os.link(tmp, path)
+                os.link(temp, path)
             except FileExistsError:
                 continue
             except OSError as exc:
@@ -82,7 +87,7 @@ def publish(
                 path = reserve_path(directory, stem, extension)
                 if journal is not None:
                     journal.record(own=path.name)
-                os.replace(tmp, path)
+                os.replace(temp, path)
                 return path
             if journal is not None:
                 journal.record(own=path.name)

@@ -3,14 +3,16 @@ removed and nothing else.
 
 A journal is a file of JSON lines. :func:`outputs.files.publish` writes three kinds of entry for each file it makes:
 
-- ``{"temp": T}`` once it has created the hidden temporary file ``T`` (so ``T`` is ours);
-- ``{"link": T, "to": N}`` before it tries to give that file the real name ``N`` (``N`` may be someone else's: it is
-  ours only if it is the same file as ``T``, which a crash between the link and the next entry leaves behind);
+- ``{"temp": T}`` before it creates the temporary file ``T`` in the journal's own ``temp_dir``, where no one else
+  puts files (so ``T`` is ours whenever it exists);
+- ``{"link": T, "to": N}`` before it tries to give that file the real name ``N`` in the output dir (``N`` may be
+  someone else's: it is ours only if it is the same file as ``T``, which a crash between the link and the next entry
+  leaves behind);
 - ``{"own": N}`` once ``N`` is that file.
 
 :func:`started_files` reads those entries back into the names that are certainly ours. A name in a journal is a
-plain file name in the journal's output directory; anything else (a path, ``..``) is ignored, so a damaged or
-hand-edited journal cannot point outside it.
+plain file name; anything else (a path, ``..``) is ignored, so a damaged or hand-edited journal cannot point outside
+the two directories.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ class Journal:
     last lines; a file the journal does not name is then left in place, never removed by mistake).
     """
 
-    def __init__(self, fd: int):
+    def __init__(self, fd: int, temp_dir: Path):
         self.fd = fd
+        self.temp_dir = temp_dir
 
     def record(self, **entry: str) -> None:
         data = (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8")
@@ -57,15 +60,15 @@ def _plain_name(value: Any) -> str | None:
     return None
 
 
-def started_files(entries: list[dict[str, Any]], directory: Path) -> tuple[set[str], set[str]]:
-    """(files under a real name that the journal's run made, its temporary files) in ``directory``, by name."""
+def started_files(entries: list[dict[str, Any]], directory: Path, temp_dir: Path) -> tuple[set[str], set[str]]:
+    """(the files in ``directory`` that the journal's run made, its temporary files in ``temp_dir``), by name."""
     temps = {name for e in entries if (name := _plain_name(e.get("temp")))}
     finals = {name for e in entries if (name := _plain_name(e.get("own")))}
     for entry in entries:
         temp, final = _plain_name(entry.get("link")), _plain_name(entry.get("to"))
         if temp in temps and final and final not in finals:
             try:
-                if os.path.samefile(directory / temp, directory / final):
+                if os.path.samefile(temp_dir / temp, directory / final):
                     finals.add(final)  # linked, then killed before the "own" entry
             except OSError:
                 continue
