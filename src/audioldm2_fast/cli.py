@@ -47,12 +47,26 @@ def check_overrides(argv: Sequence[str]) -> DictConfig | None:
     validated = validate_config(cfg)
     if cfg.task == "merge":
         return cfg
-    if cfg.get("prompts_file") is not None:
-        read_items(cfg)
+    items = read_items(cfg) if cfg.get("prompts_file") is not None else None
     if cfg.task != "doctor":
         resolve_checkpoint(cfg.checkpoint)  # a missing checkpoint fails here, before Hydra creates a run dir
         check_chain(cfg, validated.optimizations)  # imports the stage classes: last, after every cheap check
+        _check_before_loading(cfg, items)
     return cfg
+
+
+def _check_before_loading(cfg: DictConfig, items: list | None) -> None:
+    """What only the checkpoint and the device bound (``generator.check_before_loading``): the model libraries are
+    imported by now, by the stage classes."""
+    from .generator import check_requests, requests_of
+
+    if items is None:
+        check_requests(cfg, requests_of(cfg))
+        return
+    from .batch.items import shard_items
+    from .batch.run import item_requests
+
+    check_requests(cfg, item_requests(cfg, shard_items(items, int(cfg.shard.index), int(cfg.shard.count))))
 
 
 def _fail(exc: Audioldm2FastError) -> None:

@@ -20,10 +20,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ..accel.capacity import Blame
 from ..config.fields import check_node
 from ..config.schema import CheckpointConfig
 from ..config.validate import validate_config
-from ..generator import Generator
+from ..generator import Generator, Request, check_requests
 from ..outputs.files import write_new_bytes
 from ..outputs.manifest import manifest_name
 from ..outputs.report import write_run_report
@@ -81,6 +82,27 @@ def check_settings(out_dir: Path, cfg: DictConfig) -> None:
             f"{str(out_dir)!r} holds a batch run made with other settings ({'; '.join(changed)}); "
             "resume it with its own settings, or use a new output.dir",
         )
+
+
+def item_requests(cfg: DictConfig, items: list[Item]) -> list[Request]:
+    """The calls a batch run makes, for the checks before loading: one kind per audio length and candidate count,
+    holding up to ``batch_size`` prompts. A refusal caused by a line's own field names the line."""
+    groups: dict[tuple, list[Item]] = {}
+    for item in items:
+        groups.setdefault((item.audio_length_s, item.num_waveforms), []).append(item)
+    requests = []
+    for (length, waveforms), group in groups.items():
+        own_length = length != cfg.get("audio_length_s")
+        own_waveforms = waveforms != cfg.num_waveforms
+        blame = Blame(
+            length_key="prompts_file" if own_length else "audio_length_s",
+            waveforms_key="prompts_file" if own_waveforms else "num_waveforms",
+            count_key="batch_size",
+            where=f"{cfg.prompts_file}: line {group[0].line}: " if own_length or own_waveforms else "",
+        )
+        prompts = tuple(item.prompt for item in group)
+        requests.append(Request(prompts, min(int(cfg.batch_size), len(group)), length, waveforms, blame))
+    return requests
 
 
 def _batch_key(item: Item, token_length: Callable[[str], int], batch_size: int) -> tuple:
@@ -239,6 +261,7 @@ def run_batch(cfg: DictConfig, generator: Any = None) -> dict[str, Any]:
     try:
         if run.pending:
             if generator is None:
+                check_requests(cfg, item_requests(cfg, items))  # every line, before anything loads
                 generator = Generator(cfg)
                 load_s = generator.load_time_s
             bar = progress_bar(

@@ -77,9 +77,20 @@ class ComponentStore:
 
         ``device`` is where the caller will run it; checkpoints on disk ignore it and always load on the CPU (the
         stage or its offload policy places the module). Stores that build components may build them there.
+        Whatever the model library raises while loading becomes one CheckpointError naming the component.
         """
         if name not in self._loaded:
-            self._loaded[name] = self._load(name, dtype)
+            try:
+                self._loaded[name] = self._load(name, dtype)
+            except (CheckpointError, torch.OutOfMemoryError, MemoryError):
+                raise
+            except (OSError, ValueError, TypeError, KeyError, RuntimeError, AttributeError, ImportError) as exc:
+                if "can't allocate memory" in str(exc) or "out of memory" in str(exc).lower():
+                    raise
+                first = (str(exc).strip().splitlines() or ["no details"])[0][:300]
+                raise CheckpointError(
+                    f"checkpoint {self.path}: component {name!r} cannot be loaded: {type(exc).__name__}: {first}"
+                ) from None
         return self._loaded[name]
 
     def loaded(self) -> dict[str, Any]:

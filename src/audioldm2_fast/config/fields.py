@@ -21,6 +21,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..runtime.errors import ConfigError
@@ -192,6 +193,33 @@ def check_node(node: Any, schema: type[S], key: str = "", ignore: Sequence[str] 
         _check_constraints(value, f.metadata, where)
         values[f.name] = value
     return schema(**values)
+
+
+def check_resolvable(node: Any, key: str = "") -> None:
+    """Raise ConfigError naming the first key whose interpolation cannot be resolved (``${oc.env:UNSET}``,
+    ``${no.such.key}``, an unknown resolver), wherever in the config it is, read or not.
+
+    A value that uses Hydra's own ``${hydra:...}`` resolver is left to Hydra when no Hydra run is set up yet; a node
+    that is itself an interpolation of another node (``scheduler: ${scheduler}``) is checked where it points.
+    """
+    if isinstance(node, DictConfig):
+        keys: list[Any] = list(node.keys())
+    elif isinstance(node, ListConfig):
+        keys = list(range(len(node)))
+    else:
+        return
+    for k in keys:
+        where = f"{key}[{k}]" if isinstance(k, int) else (f"{key}.{k}" if key else str(k))
+        child = node._get_node(k)
+        interpolated = child is not None and child._is_interpolation()
+        if interpolated and "${hydra:" in str(child._value()) and not HydraConfig.initialized():
+            continue
+        try:
+            value = node[k]
+        except Exception as exc:  # noqa: BLE001 - every resolution failure is reported on its key
+            raise ConfigError(where, f"cannot be resolved: {str(exc).splitlines()[0]}") from None
+        if not interpolated:
+            check_resolvable(value, where)
 
 
 def choices_of(schema: type, name: str) -> tuple[Any, ...]:

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from ..runtime.devices import Probe, probe_device
 from ..runtime.errors import ConfigError
-from .fields import check_node
+from .fields import check_node, check_resolvable
 from .optimization import Optimization, Plan, find_optimizations, optimization_keys
 from .placement import placement
 from .rules import RULES
@@ -43,8 +43,10 @@ def validate_config(cfg: DictConfig, probe: Probe = probe_device, require_prompt
 
     ``probe`` describes the devices (tests pass one that describes hardware this machine does not have).
     ``require_prompt=False`` accepts a config without a prompt (a Generator built once and given prompts per call).
-    The chain itself (its stage classes) is checked by ``stages.registry.check_chain``. Returns None for ``task=merge``, whose only setting is ``dir``.
+    The chain itself (its stage classes) is checked by ``stages.registry.check_chain``. Returns None for
+    ``task=merge``, whose only setting is ``dir``.
     """
+    check_resolvable(cfg)
     if cfg.get("task") == "merge":
         return _validate_merge(cfg)
     settings = check_schema(cfg)
