@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .batch.items import read_items
 from .batch.merge import run_merge
+from .batch.settings import check_recorded_settings
 from .checkpoints.resolve import resolve_checkpoint
 from .config.overrides import compose_command_line
 from .config.paths import conf_dir
@@ -48,6 +49,8 @@ def check_overrides(argv: Sequence[str]) -> DictConfig | None:
     if cfg.task == "merge":
         return cfg
     items = read_items(cfg) if cfg.get("prompts_file") is not None else None
+    if items is not None and cfg.output.get("dir") is not None:
+        check_recorded_settings(Path(str(cfg.output.dir)).expanduser(), cfg)  # another batch run's dir
     if cfg.task != "doctor":
         resolve_checkpoint(cfg.checkpoint)  # a missing checkpoint fails here, before Hydra creates a run dir
         check_chain(cfg, validated.optimizations)  # imports the stage classes: last, after every cheap check

@@ -1,17 +1,21 @@
 """Will one call fit in its device's memory at all? Checked before any weights load, so that an ``audio_length_s`` or
 ``num_waveforms`` far beyond the machine is refused in one line instead of failing in an allocation.
 
-The estimate is the memory planner's (``memory_plan``) at its least: the weights on the denoiser's device plus the
-largest stage's activations, traced on ``meta`` twins of the modules at the request's exact shapes, under the
-configured memory settings and offload mode, with attention as a fused kernel and no margin. It is compared with
-everything the device has (all of a GPU's memory; the machine's RAM and swap, or its cgroup limit, for the CPU), so
-only a call that cannot run on it at all is refused; one that needs memory other processes hold still fails when it
-runs, as an out-of-memory error (exit code 7).
+What a call needs is compared with everything the device has (all of a GPU's memory; the machine's RAM and swap, or
+its cgroup limit, for the CPU), so only a call that cannot run on it at all is refused; one that needs memory other
+processes hold still fails when it runs, as an out-of-memory error (exit code 7). What it needs is bounded in two
+steps. First, from the component configs alone: the weights on the denoiser's device (from the safetensors headers)
+plus the largest single tensor the call must hold (:func:`least_bytes`, a few microseconds). When even that does not
+fit, the call is refused; when many times that tensor would still fit, it is let through. Only in between is the
+memory planner's estimate (``memory_plan``) made, at its least: activations traced on ``meta`` twins of the modules
+at the request's exact shapes and memory settings, attention as a fused kernel, no margin (about a second for the
+full-size model).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +24,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ..checkpoints.safety import safetensors_header, weight_files
 from ..runtime.errors import ConfigError
 from ..stages.geometry import AudioGeometry
 from .memory_plan import GIB, estimate_peak_bytes, workload
@@ -70,6 +75,62 @@ class Blame:
     where: str = ""
 
 
+#: A traced peak's activations are at most this many times :func:`least_bytes` (measured: 6.0 to 6.2 on the tiny and
+#: the full-size model, 1 to 600 s, 1 and 4 waveforms); a call that fits even then is not traced at all.
+ACTIVATIONS_PER_LEAST = 32
+
+
+def weight_bytes(store: Any, chain: Any, device: torch.device) -> int:
+    """Bytes of the weights that stages on ``device`` load, from the safetensors headers (0 for a store with no
+    files, such as a synthetic checkpoint's: still a lower bound)."""
+    total, seen = 0, set()
+    for entry in chain.entries:
+        stage_device, dtype = chain.placements[entry.name]
+        if stage_device != device:
+            continue
+        size = torch.empty((), dtype=dtype).element_size()
+        for component in entry.cls.components:
+            if component in seen:
+                continue
+            seen.add(component)
+            for path in weight_files(Path(store.path) / component)[0]:
+                for tensor in safetensors_header(path).values():
+                    total += math.prod(tensor["shape"]) * size  # loaded in the stage's dtype
+    return total
+
+
+def least_bytes(store: Any, shape: AudioGeometry, rows: int, waveforms: int, memory: dict, dtypes: dict) -> int:
+    """The largest single tensor one call must hold at once, from the component configs alone: no trace, and never
+    more than the call really needs (sub-batches and chunks in ``memory`` taken into account)."""
+    unet, vae, vocoder = (store.config(name) for name in ("unet", "vae", "vocoder"))
+    size = {stage: torch.empty((), dtype=dtypes.get(stage, torch.float32)).element_size() for stage in dtypes}
+    frames, bins = shape.mel_frames, shape.mel_bins
+    latent_h, latent_w = shape.latent_hw
+    decode_rows = min(waveforms, memory.get("decode_batch_size") or waveforms)
+    unet_rows = min(rows, memory.get("unet_batch_size") or rows)
+    vae_frames = frames
+    if memory.get("vae_chunk_frames"):
+        context = memory["vae_chunk_frames"] + 2 * int(memory.get("vae_overlap_frames") or 0)
+        vae_frames = min(frames, context * shape.vae_scale_factor)
+    voc_frames = frames
+    if memory.get("vocoder_chunk_frames"):
+        voc_frames = min(frames, memory["vocoder_chunk_frames"] + 2 * int(memory.get("vocoder_overlap_frames") or 0))
+    rates = [int(r) for r in vocoder["upsample_rates"]]
+    channels = int(vocoder["upsample_initial_channel"])
+    vocoder_levels = [channels // 2 ** (k + 1) * voc_frames * math.prod(rates[: k + 1]) for k in range(len(rates))] + [
+        channels * voc_frames
+    ]
+    tensors = {
+        "denoiser": [
+            rows * int(unet["in_channels"]) * latent_h * latent_w,
+            unet_rows * int(unet["block_out_channels"][0]) * latent_h * latent_w,
+        ],
+        "vae_decoder": [waveforms * frames * bins, decode_rows * int(vae["block_out_channels"][0]) * vae_frames * bins],
+        "vocoder": [waveforms * frames * math.prod(rates), decode_rows * max(vocoder_levels)],
+    }
+    return max(n * size.get(stage, 4) for stage, counts in tensors.items() for n in counts)
+
+
 def check_fits(
     cfg: DictConfig,
     chain: Any,
@@ -81,7 +142,9 @@ def check_fits(
 ) -> None:
     """Refuse a call of ``num_prompts`` x ``num_waveforms`` at ``audio_length_s`` that its device cannot hold.
 
-    ``chain`` is a ``generator.ChainPreview``; ``geometry(audio_length_s)`` gives the request's shapes.
+    ``chain`` is a ``generator.ChainPreview``; ``geometry(audio_length_s)`` gives the request's shapes. A call whose
+    weights and largest single tensor (:func:`least_bytes`) do not fit is refused at once; one that would fit with
+    many times that tensor is let through without a trace; the rest are traced.
     """
     blame = blame or Blame()
     if "denoiser" not in chain.placements:
@@ -91,32 +154,37 @@ def check_fits(
     if capacity is None:
         return
     shape = geometry(audio_length_s)
+    memory = {k: v for k, v in (cfg.get("memory") or {}).items() if k != "budget_gb"}
+    dtypes = {name: dtype for name, (_, dtype) in chain.placements.items()}
+    guidance = 2 if float(cfg.guidance_scale) > 1.0 else 1
 
-    def estimate(prompts: int, waveforms: int) -> float:
-        # The vocoder's output and its pieces alone, before tracing anything: a bound that needs no trace.
-        samples = prompts * waveforms * shape.waveform_length
-        if 2 * 4 * samples > capacity:
-            return float(2 * 4 * samples)
+    weights = weight_bytes(chain.store, chain, device)
+
+    def estimate(prompts: int, waveforms: int) -> tuple[float, bool]:
+        """(bytes, whether traced): the least bytes when even those do not fit, or when even many times them do."""
+        total = prompts * waveforms
+        least = weights + least_bytes(chain.store, shape, total * guidance, total, memory, dtypes)
+        if least > capacity or weights + (least - weights) * ACTIVATIONS_PER_LEAST <= capacity:
+            return float(least), False
         request = OmegaConf.merge(cfg, {"num_waveforms": waveforms})
         work = workload(request, dataclasses.replace(chain, num_prompts=prompts), shape, least=True)
-        memory = {k: v for k, v in (cfg.get("memory") or {}).items() if k != "budget_gb"}
         try:
-            return estimate_peak_bytes(work, memory, str(cfg.offload.mode))
+            return estimate_peak_bytes(work, memory, str(cfg.offload.mode)), True
         except (RuntimeError, OverflowError):  # shapes past what a tensor can describe
-            return float("inf")
+            return float("inf"), True
 
-    needed = estimate(num_prompts, num_waveforms)
+    needed, traced = estimate(num_prompts, num_waveforms)
     if needed <= capacity:
         return
-    if estimate(1, 1) > capacity:
+    if estimate(1, 1)[0] > capacity:
         key, value = blame.length_key, f"{shape.audio_length_s:g} s of audio"
-    elif num_waveforms > 1 and estimate(num_prompts, 1) <= capacity:
+    elif num_waveforms > 1 and estimate(num_prompts, 1)[0] <= capacity:
         key, value = blame.waveforms_key, f"{num_waveforms} waveforms of {shape.audio_length_s:g} s"
     else:
         key, value = blame.count_key, f"{num_prompts} prompts of {shape.audio_length_s:g} s in one call"
     amount = f"{needed / GIB:,.1f} GiB" if needed != float("inf") else "more memory than any machine has"
     raise ConfigError(
         key,
-        f"{blame.where}{value} needs an estimated {amount} on {device}, which has {capacity / GIB:,.1f} GiB; "
-        "try a shorter audio_length_s, fewer num_waveforms, or memory.budget_gb=<GiB to use>",
+        f"{blame.where}{value} needs {'an estimated' if traced else 'at least'} {amount} on {device}, which has "
+        f"{capacity / GIB:,.1f} GiB; try a shorter audio_length_s, fewer num_waveforms, or memory.budget_gb=<GiB>",
     )

@@ -8,7 +8,6 @@ over the items of runs that are gone. What a killed run left is cleared on the e
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -18,70 +17,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from ..accel.capacity import Blame
-from ..config.fields import check_node
-from ..config.schema import CheckpointConfig
 from ..config.validate import validate_config
 from ..generator import Generator, Request, check_requests
-from ..outputs.files import write_new_bytes
 from ..outputs.manifest import manifest_name
 from ..outputs.report import write_run_report
-from ..runtime.errors import PROG, ConfigError, OutOfMemory, OutputError, StageError
+from ..runtime.errors import PROG, OutOfMemory, OutputError, StageError
 from ..runtime.progress import progress_bar
-from ..stages.schedulers import num_steps
 from .claims import Claim, Claims
 from .items import Item, read_items, shard_items
 from .resume import ManifestView, clear, settle
+from .settings import check_settings
 
 log = logging.getLogger(__name__)
-
-SETTINGS_FILE = "batch_settings.json"
-
-
-def batch_settings(cfg: DictConfig) -> dict[str, Any]:
-    """The settings an item's audio depends on besides its own fields; a resumed run must use the same."""
-    ckpt = cfg.checkpoint
-    scheduler_config = cfg.scheduler.get("config")
-    keys = ("seed", "negative_prompt", "num_waveforms", "audio_length_s", "guidance_scale", "eta", "max_new_tokens")
-    return {
-        "checkpoint": check_node(ckpt, CheckpointConfig, "checkpoint").label,
-        "scheduler": cfg.scheduler.name,
-        "scheduler.config": OmegaConf.to_container(scheduler_config, resolve=True) if scheduler_config else {},
-        "steps": num_steps(cfg),
-        **{key: cfg.get(key) for key in keys},
-        "precision": cfg.precision.name,
-        "output.format": cfg.output.format,
-        "output.subtype": cfg.output.get("subtype"),
-    }
-
-
-def check_settings(out_dir: Path, cfg: DictConfig) -> None:
-    """Record the settings in ``batch_settings.json``, or refuse to resume a run made with other ones.
-
-    The file is created as a new file only (two runs starting together cannot both write it), and a file of that name
-    that is not a batch settings record is never replaced.
-    """
-    path = out_dir / SETTINGS_FILE
-    settings = json.loads(json.dumps(batch_settings(cfg)))
-    if write_new_bytes(path, (json.dumps(settings, indent=2) + "\n").encode()):
-        return
-    try:
-        recorded = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        recorded = None
-    if not isinstance(recorded, dict) or "checkpoint" not in recorded:
-        raise ConfigError(
-            "output.dir", f"{str(path)!r} is not the settings record of a batch run; use another output.dir"
-        )
-    if recorded != settings:
-        changed = [f"{k}: {recorded.get(k)!r} -> {v!r}" for k, v in settings.items() if recorded.get(k) != v]
-        raise ConfigError(
-            "output.dir",
-            f"{str(out_dir)!r} holds a batch run made with other settings ({'; '.join(changed)}); "
-            "resume it with its own settings, or use a new output.dir",
-        )
 
 
 def item_requests(cfg: DictConfig, items: list[Item]) -> list[Request]:

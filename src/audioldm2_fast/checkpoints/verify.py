@@ -11,6 +11,7 @@ whole) are in :mod:`.safety`, which needs no torch.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -35,7 +36,9 @@ def check_component_configs(store: ComponentStore, names: Iterable[str]) -> None
             continue
         config = _config_file(folder)
         try:
-            module = store.meta(name, torch.float32)
+            with warnings.catch_warnings():  # the model libraries' advice on odd values: the error below says it
+                warnings.simplefilter("ignore")
+                module = store.meta(name, torch.float32)
         except CheckpointError:
             raise
         except Exception as exc:  # noqa: BLE001 - whatever the model class raises, reported on its config file
