@@ -182,9 +182,13 @@ def check_fits(
         key, value = blame.waveforms_key, f"{num_waveforms} waveforms of {shape.audio_length_s:g} s"
     else:
         key, value = blame.count_key, f"{num_prompts} prompts of {shape.audio_length_s:g} s in one call"
-    amount = f"{needed / GIB:,.1f} GiB" if needed != float("inf") else "more memory than any machine has"
+    amount = _size(needed) if needed != float("inf") else "more memory than any machine has"
     raise ConfigError(
         key,
         f"{blame.where}{value} needs {'an estimated' if traced else 'at least'} {amount} on {device}, which has "
-        f"{capacity / GIB:,.1f} GiB; try a shorter audio_length_s, fewer num_waveforms, or memory.budget_gb=<GiB>",
+        f"{_size(capacity)}; try a shorter audio_length_s, fewer num_waveforms, or memory.budget_gb=<GiB>",
     )
+
+
+def _size(n: float) -> str:
+    return f"{n / GIB:,.1f} GiB" if n >= GIB else f"{n / 2**20:,.0f} MiB"
