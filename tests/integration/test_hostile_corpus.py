@@ -9,7 +9,6 @@ Cases run in-process through ``cli.main``; a few run as real processes to show t
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import struct
 import subprocess
@@ -18,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support import child_env
+from support import child_env, dir_with_a_run, fill_placeholders, snapshot
 
 from audioldm2_fast.cli import main
 
@@ -309,35 +308,11 @@ def corpus(tmp_path_factory, tiny_dir) -> dict[str, str]:
 
 @pytest.fixture
 def existing(tmp_path) -> Path:
-    """An output dir that already holds a run's files."""
-    out = tmp_path / "existing"
-    out.mkdir()
-    (out / "rain-00000000_s0_c0.wav").write_bytes(b"RIFF earlier audio")
-    (out / "manifest.jsonl").write_text(json.dumps({"path": "rain-00000000_s0_c0.wav"}) + "\n")
-    return out
-
-
-def snapshot(directory: Path, contents: bool = True) -> dict[str, object]:
-    """Every file and link under ``directory`` (links not followed): its bytes, or its size and time when
-    ``contents`` is off."""
-    seen: dict[str, object] = {}
-    for top, dirs, files in os.walk(directory):
-        for name in files + [d for d in dirs if (Path(top) / d).is_symlink()]:
-            path = Path(top) / name
-            stat = path.lstat()
-            data = path.read_bytes() if contents and not path.is_symlink() else stat.st_size
-            seen[str(path.relative_to(directory))] = (data, stat.st_mtime_ns)
-    return seen
+    return dir_with_a_run(tmp_path / "existing")
 
 
 def _args(args: list[str], names: dict[str, str], out: Path) -> list[str]:
-    values = {**names, "out": str(out)}
-    filled = []
-    for arg in args:
-        for name, value in values.items():
-            arg = arg.replace("{" + name + "}", value)
-        filled.append(arg)
-    return filled
+    return fill_placeholders(args, {**names, "out": str(out)})
 
 
 def test_the_corpus_is_big_enough():
