@@ -23,7 +23,8 @@ from .batch.items import read_items
 from .batch.merge import run_merge
 from .batch.settings import check_recorded_settings
 from .checkpoints.resolve import resolve_checkpoint
-from .config.overrides import compose_command_line
+from .config.help import help_text
+from .config.overrides import check_flags, compose_command_line
 from .config.paths import conf_dir
 from .config.validate import validate_config
 from .runtime.errors import PROG, Audioldm2FastError, ItemsFailedError
@@ -138,6 +139,13 @@ def _hydra_entry(cfg: DictConfig) -> dict[str, Any] | None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point (``audioldm2-fast`` and ``python -m audioldm2_fast``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:  # read from the config files; Hydra's help composes every group (slow)
+        try:
+            location = check_flags(argv)
+        except Audioldm2FastError as exc:
+            _fail(exc)
+        print(help_text(tuple(d for d in (location.config_dir,) if d is not None)))
+        sys.exit(0)
     try:
         cfg = check_overrides(argv)
     except Audioldm2FastError as exc:

@@ -56,3 +56,15 @@ def test_no_model_library_is_imported_to_answer(argv, code, tmp_path):
     assert result["code"] == code, result["stderr"]
     assert result["heavy"] == [], f"{argv} imported {result['heavy']}"
     assert list(tmp_path.iterdir()) == [], "nothing may be written"
+
+
+def test_help_lists_every_group_and_key_from_the_config_files():
+    from audioldm2_fast.config.help import help_text, key_lines
+    from audioldm2_fast.config.paths import conf_dir, config_groups
+
+    text = help_text()
+    for group, options in config_groups().items():
+        assert f"  {group:<12} {', '.join(options)}" in text
+    keys = [key for key, _, _ in key_lines(conf_dir() / "config.yaml")]
+    assert {"prompt", "seed", "output.dir", "memory.budget_gb", "benchmark.runs", "shard.index"} <= set(keys)
+    assert all(f"  {key}=" in text for key in keys)
