@@ -19,12 +19,14 @@ import fcntl
 import os
 import secrets
 import socket
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..outputs.journal import Journal, read_entries
+from ..runtime.errors import OutputError
 
 #: The runs' own bookkeeping inside an output dir; safe to delete when no run is using the dir.
 STATE_DIR = ".audioldm2-fast"
@@ -76,9 +78,21 @@ class Claims:
 
     def __init__(self, out_dir: Path, manifest: str):
         self.dir = out_dir / CLAIMS
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.temp_dir = out_dir / TEMPORARIES
-        self.temp_dir.mkdir(exist_ok=True)
+        try:
+            self.temp_dir.mkdir(parents=True, exist_ok=True)
+            self.dir.mkdir(exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".lock-probe.", dir=self.dir)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            finally:
+                os.close(fd)
+                os.unlink(probe)
+        except OSError as exc:
+            raise OutputError(
+                f"output.dir: cannot keep claims in {str(self.dir)!r} ({exc.strerror or exc}); batch runs need a "
+                "writable dir on a file system with file locks"
+            ) from None
         self.token = secrets.token_hex(6)
         self.header_fields = {
             "run": self.token,
