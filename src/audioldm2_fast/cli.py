@@ -3,7 +3,9 @@
 Start-up is kept light: ``--help``, ``--cfg``, shell completion and every refusal of a bad key, value, option,
 prompt, prompts file or checkpoint path import neither torch nor diffusers nor transformers. Those are imported by
 the task that runs (each task's module is imported when it is chosen), and by the stage classes themselves when a
-chain names them, which is checked last.
+chain names them, which is checked after every cheap check. Last come the checks that need the model libraries and
+the checkpoint's files but no weights: component configs, the scheduler, GPT-2's positions, the audio length and the
+memory of a call (``generator.check_before_loading``).
 """
 
 from __future__ import annotations
