@@ -8,9 +8,10 @@ cold start, and 20+ kills fit in well under a minute. Each worker runs ``run_bat
 as shard 0 or 1 of 2, most as the whole file) and is killed with SIGKILL in one of two ways, chosen by the seed:
 
 - by the driver, after a random delay (anywhere: generation, rendering, a write, a claim, recovery);
-- by itself (every other start, the steps in turn), at the k-th call of one of the steps that change the output dir
-  (a journal entry, a hard link, a manifest append cut in half, an unlink, a rename), before or after the call, so
-  that the narrow windows between two steps are hit as well. The driver leaves such an armed worker alone.
+- by itself (every other start), at the k-th call of one of the steps that change the output dir (a journal entry, a
+  hard link, a manifest append cut in half, an unlink, a rename), before or after the call, so that the narrow
+  windows between two steps are hit as well. The steps take turns: a step stays armed until a worker has died at it
+  (or missed it three times, running out of work first). The driver leaves an armed worker alone.
 
 A killed worker is restarted at once. When every item is complete before the kills are done, new lines are appended
 to the prompts file. After the last kill, the live workers run to the end, and a last worker resumes the whole dir.
@@ -139,7 +140,7 @@ def main() -> None:
     t0 = time.monotonic()
     report: dict = {"seed": args.seed, "kills": [], "restarts": 0, "errors": [], "lines_added": 0}
     workers: dict[int, tuple[int, dict]] = {}
-    turns = {"starts": 0, "armed": 0}
+    turns = {"starts": 0, "armed": 0, "misses": 0}
 
     def start(slot: int, faults: bool = True) -> None:
         plan: dict = {"slot": slot, "shard": {"index": 0, "count": 1}}
@@ -148,7 +149,6 @@ def main() -> None:
         turns["starts"] += 1
         if faults and turns["starts"] % 2:
             step = list(STEPS)[turns["armed"] % len(STEPS)]
-            turns["armed"] += 1
             plan.update(step=step, at=rng.randint(1, STEPS[step]), after=rng.random() < 0.5)
         pid = os.fork()
         if pid == 0:
@@ -158,6 +158,11 @@ def main() -> None:
 
     def reap(slot: int, status: int, by_driver: bool) -> str:
         pid, plan = workers.pop(slot)
+        if plan.get("step"):  # the next step's turn once this one was hit, or missed three times
+            hit = not by_driver and os.WIFSIGNALED(status)
+            turns["misses"] = 0 if hit else turns["misses"] + 1
+            if hit or turns["misses"] >= 3:
+                turns["armed"], turns["misses"] = turns["armed"] + 1, 0
         if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
             report["kills"].append({"by": "driver" if by_driver else plan.get("step", "?"), "plan": plan})
             return "killed"
