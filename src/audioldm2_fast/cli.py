@@ -3,7 +3,9 @@
 Start-up is kept light: ``--help``, ``--cfg``, shell completion and every refusal of a bad key, value, option,
 prompt, prompts file or checkpoint path import neither torch nor diffusers nor transformers. Those are imported by
 the task that runs (each task's module is imported when it is chosen), and by the stage classes themselves when a
-chain names them, which is checked last.
+chain names them, which is checked after every cheap check. Last come the checks that need the model libraries and
+the checkpoint's files but no weights: component configs, the scheduler, GPT-2's positions, the audio length and the
+memory of a call (``generator.check_before_loading``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .batch.items import read_items
 from .batch.merge import run_merge
+from .batch.settings import check_recorded_settings
 from .checkpoints.resolve import resolve_checkpoint
 from .config.help import help_text
 from .config.overrides import check_flags, compose_command_line
@@ -50,15 +53,31 @@ def check_overrides(argv: Sequence[str]) -> DictConfig | None:
     validated = validate_config(cfg)
     if cfg.task == "merge":
         return cfg
-    if cfg.get("prompts_file") is not None:
-        read_items(cfg)
+    items = read_items(cfg) if cfg.get("prompts_file") is not None else None
+    if items is not None and cfg.output.get("dir") is not None:
+        check_recorded_settings(Path(str(cfg.output.dir)).expanduser(), cfg)  # another batch run's dir
     if cfg.task == "serve":
         check_server(cfg)
         prefer_reproducible_blas()  # before anything calls MKL (see tasks/batch_invariance.py)
     if cfg.task != "doctor":
         resolve_checkpoint(cfg.checkpoint)  # a missing checkpoint fails here, before Hydra creates a run dir
         check_chain(cfg, validated.optimizations)  # imports the stage classes: last, after every cheap check
+        _check_before_loading(cfg, items)
     return cfg
+
+
+def _check_before_loading(cfg: DictConfig, items: list | None) -> None:
+    """What only the checkpoint and the device bound (``generator.check_before_loading``): the model libraries are
+    imported by now, by the stage classes."""
+    from .generator import check_requests, requests_of
+
+    if items is None:
+        check_requests(cfg, requests_of(cfg))
+        return
+    from .batch.items import shard_items
+    from .batch.run import item_requests
+
+    check_requests(cfg, item_requests(cfg, shard_items(items, int(cfg.shard.index), int(cfg.shard.count))))
 
 
 def _fail(exc: Audioldm2FastError) -> None:

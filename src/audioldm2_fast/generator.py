@@ -7,8 +7,10 @@ Building one (``Generator(cfg)`` or ``Generator.from_config(...)``) takes these 
 2. resolve the checkpoint to a directory (or a synthetic architecture) and open its component store;
 3. let each optimisation resolve the config it needs (``memory.budget_gb`` plans from ``meta`` twins here): the
    result is a new config value, ``self.cfg``, recorded with the run, and never changed afterwards;
-4. build each stage with its own settings on its own device and dtype, and load its weights;
-5. apply the optimisations, in their order: attention processors, placement and offload, compiling.
+4. check what only the checkpoint and the device can bound (:func:`check_before_loading`): the component configs
+   against their classes and weights, the scheduler, GPT-2's positions, the audio length, the memory of one call;
+5. build each stage with its own settings on its own device and dtype, and load its weights;
+6. apply the optimisations, in their order: attention processors, placement and offload, compiling.
 
 A call (``gen(prompt=..., seed=...)``) makes a ``GenerationState`` and runs it through the stages, each around its
 optimisations' hooks, with a finite-value check and timing at every stage boundary. It plays the Lightning
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import logging
 import time
 import warnings
@@ -32,11 +35,13 @@ import torch
 import transformers
 from omegaconf import DictConfig, OmegaConf
 
-from .accel.oom import describe_oom
+from .accel.capacity import Blame, check_fits
+from .accel.oom import describe_oom, is_out_of_memory
 from .api import CALL_KEYS, OUTPUT_TYPES, GenerationResult, overrides_from_keys
-from .checkpoints.resolve import resolve_checkpoint
+from .checkpoints.resolve import SYNTHETIC_PREFIX, resolve_checkpoint
 from .checkpoints.store import ComponentStore
 from .checkpoints.synthetic import make_store
+from .checkpoints.verify import check_component_configs
 from .config.fields import check_node
 from .config.optimization import Optimization, Plan
 from .config.overrides import compose_command_line
@@ -50,9 +55,11 @@ from .runtime.devices import synchronize
 from .runtime.errors import ConfigError
 from .runtime.progress import progress_bar
 from .stages.base import Stage, dtype_name, stage_placement
+from .stages.denoiser import store_geometry
 from .stages.finite import check_stage_output, describe, tensor_fields
+from .stages.prior import check_positions, positions_needed
 from .stages.registry import ChainEntry, check_chain
-from .stages.schedulers import num_steps
+from .stages.schedulers import check_scheduler, num_steps
 from .stages.state import GenerationState, RunInfo
 
 log = logging.getLogger(__name__)
@@ -104,6 +111,7 @@ class Generator:
         self.checkpoint_dir: Path = resolve_checkpoint(cfg.checkpoint)
         self.store = make_store(cfg.checkpoint, self.checkpoint_dir)
         cfg, validated, entries, self.plans = self._resolve(cfg, validated, entries, require_prompt)
+        check_before_loading(cfg, validated.plan, entries, self.store, requests_of(cfg), planned=True)
         self.cfg = cfg  # the config the chain is built from; read-only from here on
         self.settings = validated.settings
         self.optimizations = list(validated.optimizations.values())
@@ -286,7 +294,9 @@ class Generator:
                     for opt in self.optimizations:
                         around.enter_context(opt.context(stage))
                     state = stage(state)
-            except torch.OutOfMemoryError as exc:
+            except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
+                if not is_out_of_memory(exc):
+                    raise
                 raise describe_oom(exc, stage.name, stage.device, self.cfg) from None
             for item in check_stage_output(state, stage.name, before):
                 log.error("%s", describe(state, item))
@@ -376,6 +386,125 @@ class Generator:
             "precision": self.run_info.precision,
             "stages": {s.name: f"{s.device}/{dtype_name(s.dtype)}" for s in self.stages},
         }
+
+
+@dataclass(frozen=True)
+class Request:
+    """The shape of one kind of call, as the checks before loading see it.
+
+    ``prompts`` are its prompts (or those of every call of this kind), None when they come with each call;
+    ``num_prompts`` is how many one call holds. ``blame`` says which setting a refusal names.
+    """
+
+    prompts: tuple[str, ...] | None
+    num_prompts: int
+    audio_length_s: float | None
+    num_waveforms: int
+    blame: Blame = Blame()
+
+
+def requests_of(cfg: DictConfig) -> list[Request]:
+    """The call a config describes: its prompts, or one prompt given per call; none for prompts files (the batch
+    runner describes their items)."""
+    length, waveforms = cfg.get("audio_length_s"), int(cfg.num_waveforms)
+    if cfg.get("prompt") is not None:
+        prompts = tuple(prompt_list(cfg.prompt))
+        return [Request(prompts, len(prompts), length, waveforms)]
+    if cfg.get("prompts_file") is not None:
+        return []
+    return [Request(None, 1, length, waveforms)]
+
+
+def check_requests(cfg: DictConfig, requests: Sequence[Request]) -> None:
+    """:func:`check_before_loading` for a config as it is given (the command line, a batch run before its Generator):
+    validated, its chain checked and its checkpoint resolved here; with ``memory.budget_gb`` the memory check waits
+    for the plan (the Generator makes it)."""
+    validated = validate_config(cfg, require_prompt=False)
+    entries = check_chain(cfg, validated.optimizations)
+    store = make_store(cfg.checkpoint, resolve_checkpoint(cfg.checkpoint))
+    check_before_loading(cfg, validated.plan, entries, store, requests, planned=False)
+
+
+#: Checks already passed in this process (the command line checks before Hydra starts, the Generator again).
+_CHECKED: set[tuple] = set()
+
+
+def check_before_loading(
+    cfg: DictConfig,
+    plan: Plan,
+    entries: Sequence[ChainEntry],
+    store: ComponentStore,
+    requests: Sequence[Request],
+    planned: bool,
+) -> None:
+    """Refuse, before any weights load, what only the checkpoint and the device can bound (ConfigError naming the
+    setting, CheckpointError naming the file):
+
+    - each weight component's config, built on ``meta`` by its class and compared with its weights' shapes;
+    - the scheduler's settings and step count, judged by the scheduler itself;
+    - ``max_new_tokens`` against GPT-2's positions, with the prompts' T5 token counts;
+    - each request's audio length against the checkpoint's shortest;
+    - each request's estimated peak memory against all its device has (with ``memory.budget_gb``, once the plan is
+      made: ``planned``).
+    """
+    key = (text_hash(resolved_config_yaml(cfg)), tuple(requests), planned)
+    if key in _CHECKED:
+        return
+    by_name = {entry.name: entry for entry in entries}
+    if not str(cfg.checkpoint.get("name") or "").startswith(SYNTHETIC_PREFIX):  # packaged configs, no files
+        check_component_configs(store, [c for entry in entries for c in entry.cls.components])
+    if "denoiser" in by_name:
+        where = str(store.path / "scheduler" / "scheduler_config.json")
+        check_scheduler(
+            by_name["denoiser"].settings.scheduler, store.config("scheduler"), num_steps(cfg), cfg.eta, where
+        )
+    if "prior" in by_name:
+        _check_positions(cfg, store, requests)
+    if "denoiser" in by_name:
+        bucket = by_name["denoiser"].settings.length_bucket_s
+        budget = (cfg.get("memory") or {}).get("budget_gb")
+        preview = ChainPreview(
+            store=store,
+            entries=list(entries),
+            placements={e.name: stage_placement(cfg, e.name) for e in entries},
+            plan=plan,
+            num_prompts=1,
+        )
+        for request in requests:
+            try:
+                store_geometry(store, request.audio_length_s, bucket)
+                if planned or budget is None:
+                    geometry = lambda length: store_geometry(store, length, bucket)  # noqa: E731
+                    check_fits(
+                        cfg, preview, geometry, request.audio_length_s, request.num_prompts, request.num_waveforms,
+                        request.blame,
+                    )  # fmt: skip
+            except ConfigError as exc:
+                if exc.key == "audio_length_s" and request.blame.length_key != exc.key:
+                    raise ConfigError(request.blame.length_key, f"{request.blame.where}{exc.problem}") from None
+                raise
+    _CHECKED.add(key)
+
+
+def _check_positions(cfg: DictConfig, store: ComponentStore, requests: Sequence[Request]) -> None:
+    language_model = store.config("language_model")
+    new_tokens = cfg.get("max_new_tokens") or language_model.get("max_new_tokens") or 8
+    tokenizer_config = store.path / "tokenizer_2" / "tokenizer_config.json"
+    try:
+        longest = int(json.loads(tokenizer_config.read_text()).get("model_max_length") or 0)
+    except (OSError, ValueError):
+        longest = 0
+    limit = language_model.get("n_positions") or language_model.get("max_position_embeddings")
+    if longest and limit and positions_needed(longest, int(new_tokens)) <= int(limit):
+        return  # even the longest prompt fits: no need to count tokens
+    prompts = sorted({p for r in requests if r.prompts for p in r.prompts})
+    if not prompts:
+        return  # prompts come with each call: the prior checks them then
+    tokenizer = store.get("tokenizer_2")
+    tokens = max(
+        len(ids) for ids in tokenizer(prompts, truncation=True, max_length=tokenizer.model_max_length).input_ids
+    )
+    check_positions(language_model, tokens, int(new_tokens))
 
 
 def quiet_model_libraries() -> None:

@@ -1,7 +1,8 @@
 """Stages for batch tests, named in config as ``batch_stages:<Class>``.
 
 ``KillingWriter``: with ``KILL_AT_ROW=n``, the process kills itself (SIGKILL) while appending the n-th manifest row,
-after that row's audio file is in place. ``NaNVocoder``: non-finite audio for prompts that contain "nan".
+after that row's audio file is in place: the rows before it in the same append are written, as a write cut short
+would leave them. ``NaNVocoder``: non-finite audio for prompts that contain "nan".
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from audioldm2_fast.stages import writer
 from audioldm2_fast.stages.vocoder import Vocoder
 from audioldm2_fast.stages.writer import Writer
 
-_append = writer.append_row
+_append = writer.append_rows
 
 
 class KillingWriter(Writer):
@@ -22,13 +23,14 @@ class KillingWriter(Writer):
         kill_at = int(os.environ["KILL_AT_ROW"])
         count = [0]
 
-        def append(path, row):
-            count[0] += 1
-            if count[0] == kill_at:
+        def append(path, rows):
+            if count[0] < kill_at <= count[0] + len(rows):
+                _append(path, rows[: kill_at - count[0] - 1])
                 os.kill(os.getpid(), signal.SIGKILL)
-            _append(path, row)
+            count[0] += len(rows)
+            _append(path, rows)
 
-        writer.append_row = append
+        writer.append_rows = append
 
 
 class NaNVocoder(Vocoder):

@@ -57,3 +57,13 @@ class OutOfMemoryVocoder(Vocoder):
 
 class EmptyStage(Stage):
     """A Stage subclass that implements nothing (refused when a chain names it)."""
+
+
+class CpuAllocationFailureVocoder(Vocoder):
+    """Fails as the CPU allocator does when the machine has no memory left (a plain RuntimeError)."""
+
+    def __call__(self, state):
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried to "
+            "allocate 68719476736 bytes. Error code 12 (Cannot allocate memory)"
+        )

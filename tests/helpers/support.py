@@ -1,7 +1,9 @@
-"""What several test files share: the repository's paths, short-run overrides, described GPUs and a CLI runner."""
+"""What several test files share: the repository's paths, short-run overrides, described GPUs, a CLI runner, and the
+bad-input tables' output dir, snapshots and placeholders."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -46,3 +48,34 @@ def run_cli(
         else [str(Path(sys.executable).with_name("audioldm2-fast")), *args]
     )
     return subprocess.run(cmd, cwd=cwd, env=child_env(**(env or {})), capture_output=True, text=True, timeout=timeout)
+
+
+def dir_with_a_run(path: Path) -> Path:
+    """An output dir that already holds a run's files (what a refused invocation must leave as it is)."""
+    path.mkdir()
+    (path / "rain-00000000_s0_c0.wav").write_bytes(b"RIFF earlier audio")
+    (path / "manifest.jsonl").write_text(json.dumps({"path": "rain-00000000_s0_c0.wav"}) + "\n")
+    return path
+
+
+def snapshot(directory: Path, contents: bool = True) -> dict[str, tuple[object, int]]:
+    """Every file and link under ``directory`` (links not followed) with its modification time, and its bytes (or,
+    with ``contents`` off, its size)."""
+    seen: dict[str, tuple[object, int]] = {}
+    for top, dirs, files in os.walk(directory):
+        for name in files + [d for d in dirs if (Path(top) / d).is_symlink()]:
+            path = Path(top) / name
+            stat = path.lstat()
+            data = path.read_bytes() if contents and not path.is_symlink() else stat.st_size
+            seen[str(path.relative_to(directory))] = (data, stat.st_mtime_ns)
+    return seen
+
+
+def fill_placeholders(args: list[str], values: dict[str, str]) -> list[str]:
+    """Fill the {name} placeholders of a table's arguments (other braces, as in ``prompt={a:1}``, stay as they are)."""
+    filled = []
+    for arg in args:
+        for name, value in values.items():
+            arg = arg.replace("{" + name + "}", value)
+        filled.append(arg)
+    return filled

@@ -45,16 +45,17 @@ def test_a_killed_run_resumes_without_losing_or_duplicating_anything(tmp_path):
     resumed = _run(args, tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert "1 skipped" in _final_line(resumed.stdout) and "3 done" in _final_line(resumed.stdout)
-    assert "dropping 1 row(s) of incomplete items" in resumed.stdout  # Hydra logs to stdout
-    assert resumed.stdout.count("left by an interrupted run") == 4  # two audio files and their spectrograms
+    assert "dropped 1 manifest row(s) left by a run that stopped before finishing it" in resumed.stdout  # Hydra logs
+    assert resumed.stdout.count("by a run that stopped before finishing it") == 5  # the row, 2 audio files, 2 PNGs
     rows = _rows(out / "manifest.jsonl")
     assert Counter((r["item_id"], r["candidate"]) for r in rows) == Counter(
         {(item_id, c): 1 for item_id in {r["item_id"] for r in rows} for c in (0, 1)}
     )
     config_yaml = {p.name for p in out.glob("config-*.yaml")}
     assert len(rows) == 8 and len(config_yaml) == 2  # the killed run had another writer stage: another config
+    assert list((out / ".audioldm2-fast" / "claims").iterdir()) == []  # every item complete: no claim left
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["manifest.jsonl", "batch_settings.json", "report.html", *config_yaml]
+        ["manifest.jsonl", "batch_settings.json", "report.html", ".audioldm2-fast", *config_yaml]
         + [r["path"] for r in rows]
         + [r["spectrogram"] for r in rows]
     )

@@ -281,8 +281,12 @@ def planned_config(cfg: DictConfig, settings: dict[str, Any], offload: str) -> D
     return OmegaConf.merge(cfg, plan)
 
 
-def workload(cfg: DictConfig, chain: Any, geometry: AudioGeometry) -> Workload:
-    """The device work of one call of the chain (``generator.ChainPreview``) at this audio geometry."""
+def workload(cfg: DictConfig, chain: Any, geometry: AudioGeometry, least: bool = False) -> Workload:
+    """The device work of one call of the chain (``generator.ChainPreview``) at this audio geometry.
+
+    ``least``: the least the call can need, for refusing what cannot fit at all: attention traced as a fused kernel
+    on every device (the CPU's SDPA holds no scores either, when it can use its flash kernel) and no margin.
+    """
     placements = chain.placements
     if "denoiser" not in placements:
         raise ConfigError("memory.budget_gb", "needs a denoiser stage in the chain")
@@ -296,7 +300,7 @@ def workload(cfg: DictConfig, chain: Any, geometry: AudioGeometry) -> Workload:
         return twins.get(stage, {}).get(component)
 
     def fused(stage: str) -> bool:
-        return attention is not None and attention.fused_on(stage, placements[stage][0].type)
+        return least or (attention is not None and attention.fused_on(stage, placements[stage][0].type))
 
     tracer = ActivationTracer(
         geometry,
@@ -308,9 +312,12 @@ def workload(cfg: DictConfig, chain: Any, geometry: AudioGeometry) -> Workload:
         dtypes={name: dtype for name, (_, dtype) in placements.items()},
         fused={
             "denoiser": fused("denoiser"),
-            "vae_decoder": "vae_decoder" in placements and placements["vae_decoder"][0].type == "cuda",  # SDPA
+            "vae_decoder": least or ("vae_decoder" in placements and placements["vae_decoder"][0].type == "cuda"),
         },
-        margin={name: ACCELERATOR_MARGIN if dev.type != "cpu" else 1.0 for name, (dev, _) in placements.items()},
+        margin={
+            name: ACCELERATOR_MARGIN if dev.type != "cpu" and not least else 1.0
+            for name, (dev, _) in placements.items()
+        },
     )
     on_device = {name: mods for name, mods in twins.items() if placements[name][0] == device}
     return Workload(

@@ -9,6 +9,16 @@ from omegaconf import DictConfig
 
 from ..runtime.errors import OutOfMemory
 
+#: How allocators other than CUDA's say they are out of memory (the CPU's, MPS's), in a plain RuntimeError.
+_OUT_OF_MEMORY = ("can't allocate memory", "not enough memory", "out of memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """An allocation failure on any device: CUDA's own error, Python's MemoryError, or the CPU or MPS allocator's."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and any(text in str(exc).lower() for text in _OUT_OF_MEMORY)
+
 
 def _gib(value: float) -> str:
     return f"{value / 2**30:.2f} GiB"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import re
 from dataclasses import dataclass
@@ -59,39 +60,85 @@ def shard_items(items: list[Item], index: int, count: int) -> list[Item]:
 
 
 def _raw_rows(path: Path) -> list[tuple[int, dict[str, Any] | str]]:
-    """(line number, fields) per non-blank line; a string in place of fields is that line's parse error."""
-    text = path.read_text(encoding="utf-8-sig")
+    """(line number, fields) per non-blank line (per record of a CSV, numbered by its first line); a string in place
+    of fields is that line's problem.
+
+    Lines end at a line feed (CRLF and CR included) and nowhere else: Unicode line separators such as U+2028 are text,
+    in ``.txt`` as in JSON strings, and a quoted CSV field keeps its line breaks (which the prompt check then refuses,
+    as it refuses them in ``prompt=``).
+    """
+    text = _decode(path, path.read_bytes())
     rows: list[tuple[int, dict[str, Any] | str]] = []
-    if path.suffix == ".txt":
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip() or line.lstrip().startswith("#"):
+    if path.suffix in (".txt", ".jsonl"):
+        for n, line in enumerate(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"), 1):
+            if not line.strip() or (path.suffix == ".txt" and line.lstrip().startswith("#")):
                 continue
-            prompt, sep, name = line.rpartition("|") if "|" in line else (line, "", "")
-            rows.append((n, {"prompt": prompt.strip(), **({"name": name.strip()} if sep else {})}))
-    elif path.suffix == ".jsonl":
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except ValueError as exc:
-                rows.append((n, f"not valid JSON ({exc.msg})"))
-                continue
-            rows.append((n, value if isinstance(value, dict) else "must be a JSON object"))
-    else:
-        reader = csv.DictReader(text.splitlines())
-        header = reader.fieldnames or []
+            rows.append((n, _txt_fields(line) if path.suffix == ".txt" else _json_fields(line)))
+        return rows
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = next(reader, [])
         unknown = [f for f in header if f not in FIELDS]
-        if "prompt" not in header or unknown:
-            problem = f"unknown column(s) {unknown}" if unknown else "needs a 'prompt' column"
+        repeated = sorted({f for f in header if header.count(f) > 1})
+        if "prompt" not in header or unknown or repeated:
+            problem = (
+                f"unknown column(s) {unknown}" if unknown
+                else f"repeated column(s) {repeated}" if repeated
+                else "needs a 'prompt' column"
+            )  # fmt: skip
             raise ConfigError("prompts_file", f"{path}: line 1: {problem}; columns are {', '.join(FIELDS)}")
+        first = reader.line_num + 1
         for record in reader:
-            n = reader.line_num
-            if None in record:
+            n, first = first, reader.line_num + 1
+            if not record or not any(v.strip() for v in record):
+                continue
+            if len(record) > len(header):
                 rows.append((n, f"has more fields than the header's {len(header)}"))
                 continue
-            rows.append((n, {k: v for k, v in record.items() if v not in (None, "")}))
+            rows.append((n, {k: v for k, v in zip(header, record, strict=False) if v != ""}))
+    except csv.Error as exc:
+        raise ConfigError("prompts_file", f"{path}: line {reader.line_num}: not valid CSV ({exc})") from None
     return rows
+
+
+def _decode(path: Path, data: bytes) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            "prompts_file", f"{path}: line {line}: not valid UTF-8 (byte 0x{data[exc.start]:02x})"
+        ) from None
+
+
+def _txt_fields(line: str) -> dict[str, Any]:
+    prompt, sep, name = line.rpartition("|") if "|" in line else (line, "", "")
+    return {"prompt": prompt.strip(), **({"name": name.strip()} if sep else {})}
+
+
+def _json_fields(line: str) -> dict[str, Any] | str:
+    try:
+        value = json.loads(line, object_pairs_hook=_no_repeated_keys)
+    except _RepeatedKey as exc:
+        return f"the field {exc.args[0]!r} appears twice"
+    except ValueError as exc:
+        return f"not valid JSON ({getattr(exc, 'msg', exc)})"
+    except RecursionError:
+        return "not valid JSON (nested too deeply)"
+    return value if isinstance(value, dict) else "must be a JSON object"
+
+
+class _RepeatedKey(Exception):
+    pass
+
+
+def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _RepeatedKey(key)
+        seen[key] = value
+    return seen
 
 
 def _number(value: Any, kind: type, minimum: float, strict: bool = False) -> Any:
@@ -158,8 +205,8 @@ def read_items(cfg: DictConfig) -> list[Item]:
         raise ConfigError("prompts_file", f"{str(path)!r} does not exist or is not a file")
     try:
         rows = _raw_rows(path)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise ConfigError("prompts_file", f"{str(path)!r} cannot be read: {exc}") from None
+    except OSError as exc:
+        raise ConfigError("prompts_file", f"{str(path)!r} cannot be read: {exc.strerror or exc}") from None
 
     problems: list[str] = []
     checked: list[tuple[int, dict[str, Any]]] = []

@@ -77,9 +77,20 @@ class ComponentStore:
 
         ``device`` is where the caller will run it; checkpoints on disk ignore it and always load on the CPU (the
         stage or its offload policy places the module). Stores that build components may build them there.
+        Whatever the model library raises while loading becomes one CheckpointError naming the component.
         """
         if name not in self._loaded:
-            self._loaded[name] = self._load(name, dtype)
+            try:
+                self._loaded[name] = self._load(name, dtype)
+            except (CheckpointError, torch.OutOfMemoryError, MemoryError):
+                raise
+            except (OSError, ValueError, TypeError, KeyError, RuntimeError, AttributeError, ImportError) as exc:
+                if "can't allocate memory" in str(exc) or "out of memory" in str(exc).lower():
+                    raise
+                first = (str(exc).strip().splitlines() or ["no details"])[0][:300]
+                raise CheckpointError(
+                    f"checkpoint {self.path}: component {name!r} cannot be loaded: {type(exc).__name__}: {first}"
+                ) from None
         return self._loaded[name]
 
     def loaded(self) -> dict[str, Any]:
@@ -91,7 +102,7 @@ class ComponentStore:
         library, class_name = self.index.get(name, [None, None])
         if name in PROCESSORS or str(class_name).endswith("Scheduler") or class_name is None:
             return None
-        cls = _import_class(str(library), str(class_name))
+        cls = self._allowed_class(name, library, class_name)
         with torch.device("meta"):
             if library == "transformers":
                 module = cls(cls.config_class.from_pretrained(self.path / name))
@@ -100,16 +111,20 @@ class ComponentStore:
         torch.nn.Module.to(module, dtype=dtype)  # diffusers' ModelMixin.to warns on every dtype cast
         return module.eval()
 
+    def _allowed_class(self, name: str, library: Any, class_name: Any) -> type:
+        """The class ``model_index.json`` names for ``name``, imported only when it is one a checkpoint is made of."""
+        if class_name not in ALLOWED_CLASSES.get(str(library), set()):
+            raise CheckpointError(
+                f"checkpoint {self.path}: {str(self.path / 'model_index.json')!r} names {library}.{class_name} for "
+                f"component {name!r}, which is not a class an AudioLDM 2 checkpoint is made of"
+            )
+        return _import_class(str(library), str(class_name))
+
     def _load(self, name: str, dtype: torch.dtype | None) -> Any:
         library, class_name = self.index.get(name, [None, None])
         if library == "diffusers" and str(class_name).endswith("Scheduler"):
             return _import_class(library, class_name).from_pretrained(self.path, subfolder=name)
-        if class_name not in ALLOWED_CLASSES.get(str(library), set()):
-            raise CheckpointError(
-                f"checkpoint {self.path}: component {name!r} names {library}.{class_name}, "
-                "which is not a class an AudioLDM 2 checkpoint is made of"
-            )
-        cls = _import_class(library, class_name)
+        cls = self._allowed_class(name, library, class_name)
         sub = self.path / name
         if name in PROCESSORS:
             return cls.from_pretrained(sub)

@@ -21,6 +21,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..runtime.errors import ConfigError
@@ -203,6 +204,64 @@ def check_value(schema: type, name: str, value: Any, key: str | None = None) -> 
             _check_constraints(converted, f.metadata, key or name)
             return converted
     raise KeyError(name)
+
+
+def check_resolvable(node: Any, key: str = "", root: Any = None) -> None:
+    """Raise ConfigError naming the first key whose interpolation cannot be resolved (``${oc.env:UNSET}``,
+    ``${no.such.key}``, an unknown resolver), wherever in the config it is, read or not.
+
+    A key that only points at another (``decode_batch_size: ${memory.decode_batch_size}``) leaves the blame to the key
+    it points at. A value that uses Hydra's own ``${hydra:...}`` resolver is left to Hydra when no Hydra run is set up
+    yet; a node that is itself an interpolation of another node (``scheduler: ${scheduler}``) is checked there.
+    """
+    root = node if root is None else root
+    if isinstance(node, DictConfig):
+        keys: list[Any] = list(node.keys())
+    elif isinstance(node, ListConfig):
+        keys = list(range(len(node)))
+    else:
+        return
+    for k in keys:
+        where = f"{key}[{k}]" if isinstance(k, int) else (f"{key}.{k}" if key else str(k))
+        raw = _interpolation(node, k)
+        if "${hydra:" in raw and not HydraConfig.initialized():
+            continue
+        try:
+            value = node[k]
+        except Exception as exc:  # noqa: BLE001 - every resolution failure is reported on its key
+            raise _unresolved(root, where, raw, exc, {where}) from None
+        if not raw:
+            check_resolvable(value, where, root)
+
+
+_REFERENCE = re.compile(r"\$\{([\w.]+)\}")
+
+
+def _interpolation(node: Any, k: Any) -> str:
+    """The raw ``${...}`` text of ``node[k]`` ("" when it is not an interpolation)."""
+    child = node._get_node(k)
+    return str(child._value()) if child is not None and child._is_interpolation() else ""
+
+
+def _unresolved(root: Any, where: str, raw: str, exc: Exception, seen: set[str]) -> ConfigError:
+    """The error for ``where``, or, when it only points at another key that fails itself, that key's."""
+    target = _REFERENCE.fullmatch(raw)
+    if target and target.group(1) not in seen:
+        parent_key, _, last = target.group(1).rpartition(".")
+        try:
+            parent = OmegaConf.select(root, parent_key) if parent_key else root
+        except Exception:  # noqa: BLE001 - the parent fails to resolve: keep the blame here
+            parent = None
+        try:
+            exists = isinstance(parent, DictConfig) and parent._get_node(last) is not None
+        except Exception:  # noqa: BLE001 - a key a struct config does not have
+            exists = False
+        if exists:
+            try:
+                parent[last]
+            except Exception as inner:  # noqa: BLE001
+                return _unresolved(root, target.group(1), _interpolation(parent, last), inner, {*seen, target.group(1)})
+    return ConfigError(where, f"cannot be resolved: {str(exc).splitlines()[0]}")
 
 
 def choices_of(schema: type, name: str) -> tuple[Any, ...]:

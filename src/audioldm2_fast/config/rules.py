@@ -21,6 +21,8 @@ def rule_prompts(plan: Plan) -> None:
     cfg = plan.cfg
     if cfg.get("prompt") is not None:
         negative_prompt_list(cfg.get("negative_prompt"), len(prompt_list(cfg.prompt)))
+    elif isinstance(cfg.get("negative_prompt"), str):  # with prompts_file: the run's one, for every line without one
+        negative_prompt_list(cfg.negative_prompt, 1)
 
 
 def rule_batch(plan: Plan) -> None:

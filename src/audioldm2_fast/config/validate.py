@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from ..runtime.devices import Probe, probe_device
 from ..runtime.errors import ConfigError
-from .fields import check_node
+from .fields import check_node, check_resolvable
 from .optimization import Optimization, Plan, find_optimizations, optimization_keys
 from .placement import placement
 from .rules import RULES
@@ -46,6 +46,7 @@ def validate_config(cfg: DictConfig, probe: Probe = probe_device, require_prompt
     The chain itself (its stage classes) is checked by ``stages.registry.check_chain``. Returns None for
     ``task=merge``, whose only setting is ``dir``.
     """
+    check_resolvable(cfg)
     if cfg.get("task") == "merge":
         return _validate_merge(cfg)
     settings = check_schema(cfg)

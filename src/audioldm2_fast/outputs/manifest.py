@@ -1,15 +1,20 @@
 """``manifest.jsonl``: one JSON row per written file. One reader, one appender, one atomic rewriter, and the merge
 of several manifests (shards, job dirs) into one.
 
-A row is appended only after its file is in place, and a manifest is only ever appended to, except by resume (which
-drops the rows of incomplete items) and merge, which replace it atomically.
+A row is appended only after its file is in place, and a manifest is only ever appended to, except by batch
+recovery (which drops the rows of an incomplete item) and merge, which replace it atomically. Several processes may
+share a manifest (two batch workers on one output dir): every append and every rewrite holds an exclusive lock on the
+manifest file (``flock``), so no row is lost or torn by another writer.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +34,15 @@ def manifest_name(shard_index: int = 0, shard_count: int = 1) -> str:
 def read_manifest(path: Path) -> list[dict[str, Any]]:
     """The rows of a manifest; a torn line (a process killed mid-append) or a foreign one is skipped."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        return parse_rows(path.read_bytes())
     except OSError:
         return []
+
+
+def parse_rows(data: bytes) -> list[dict[str, Any]]:
+    """The rows in a manifest's bytes (lines that are not whole JSON rows are skipped)."""
     rows = []
-    for line in lines:
+    for line in data.split(b"\n"):
         try:
             row = json.loads(line)
         except ValueError:
@@ -43,22 +52,69 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[int]:
+    """Hold an exclusive lock on the manifest at ``path`` (created if missing); yields a descriptor open for appends.
+
+    A rewrite replaces the file, so a process that waited on the old file's lock opens the new one and locks again.
+    """
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if current:
+            break
+        os.close(fd)
+    try:
+        yield fd
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Append rows in one write under the manifest's lock, and flush them to disk.
+
+    A line torn by a process killed mid-write is ended first, so the new rows stay whole.
+    """
+    data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
+    with locked(path) as fd:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
+        while data:
+            data = data[os.write(fd, data) :]
+        os.fsync(fd)
+
+
 def append_row(path: Path, row: dict[str, Any]) -> None:
-    """Append one JSON row and flush it to disk, so a crash never leaves a torn line behind."""
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    """Append one JSON row (:func:`append_rows`)."""
+    append_rows(path, [row])
 
 
 def write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Replace a manifest atomically."""
+    """Replace a manifest atomically (take :func:`locked` first when other processes may append to it)."""
     write_bytes(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8"))
 
 
-def has_torn_line(path: Path) -> bool:
-    data = path.read_bytes() if path.is_file() else b""
-    return bool(data) and not data.endswith(b"\n")
+def drop_rows(path: Path, drop: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+    """Rewrite the manifest at ``path`` without the rows ``drop`` selects, under its lock; returns those rows.
+
+    The file is left as it is when nothing is dropped. A rewrite keeps only whole rows (a torn line goes).
+    """
+    if not path.is_file():
+        return []
+    with locked(path):
+        rows = read_manifest(path)
+        dropped = [row for row in rows if drop(row)]
+        if dropped:
+            write_manifest(path, [row for row in rows if not drop(row)])
+    return dropped
 
 
 def shard_manifests(root: Path) -> list[Path]:
@@ -94,18 +150,19 @@ def merge_manifests(root: Path) -> dict[str, Any]:
     inputs = shard_manifests(root)
     merged: dict[tuple, dict[str, Any]] = {}
     duplicates = 0
-    for manifest in [root / MANIFEST, *inputs]:
-        for row in read_manifest(manifest):
-            path = _relative(manifest.parent / row["path"], root)
-            row = {**row, "path": path}
-            key = (row["item_id"], row.get("candidate")) if row.get("item_id") else ("", path)
-            if key in merged:
-                duplicates += merged[key]["path"] != path
-                continue
-            merged[key] = row
     out = root / MANIFEST
-    if inputs:
-        write_manifest(out, list(merged.values()))
+    with locked(out) if inputs else contextlib.nullcontext():  # a batch run may be appending to it
+        for manifest in [out, *inputs]:
+            for row in read_manifest(manifest):
+                path = _relative(manifest.parent / row["path"], root)
+                row = {**row, "path": path}
+                key = (row["item_id"], row.get("candidate")) if row.get("item_id") else ("", path)
+                if key in merged:
+                    duplicates += merged[key]["path"] != path
+                    continue
+                merged[key] = row
+        if inputs:
+            write_manifest(out, list(merged.values()))
     if duplicates:
         log.warning("%s: %d duplicate row(s) (same item and candidate in two manifests) kept once", out, duplicates)
     items = {row.get("item_id") for row in merged.values() if row.get("item_id")}

@@ -19,7 +19,7 @@ import soundfile
 from omegaconf import DictConfig, OmegaConf
 
 from ..runtime.devices import torch_version
-from .files import write_bytes
+from .files import write_new_bytes
 
 LIBRARIES = ("torch", "diffusers", "transformers", "hydra-core", "omegaconf", "numpy", "soundfile", "safetensors")
 
@@ -67,11 +67,14 @@ def text_hash(text: str) -> str:
 
 
 def save_config(config_yaml: str, out_dir: Path) -> str:
-    """Write ``config-<hash12>.yaml`` into ``out_dir`` unless it is there (same hash, same text); return the hash."""
+    """Write ``config-<hash12>.yaml`` into ``out_dir`` unless it is there (same hash, same text); return the hash.
+
+    Created as a new file only: two runs writing it at once, or a file of that name already there, are left alone.
+    """
     digest = text_hash(config_yaml)
     path = out_dir / f"config-{digest[:12]}.yaml"
     if not path.exists():
-        write_bytes(path, config_yaml.encode("utf-8"))
+        write_new_bytes(path, config_yaml.encode("utf-8"))
     return digest
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import reserve_path, write_bytes
+from .files import publish
+from .journal import Journal
 
 
 def mel_filterbank(
@@ -81,12 +82,10 @@ def spectrogram_title(row: dict) -> str:
     return f"{prompt}\nseed {row['seed']}  candidate {row['candidate']}{rank}\n{settings}"
 
 
-def write_spectrogram(out_dir: Path, audio_path: Path, audio: np.ndarray, sample_rate: int, row: dict) -> str:
+def write_spectrogram(
+    out_dir: Path, audio_path: Path, audio: np.ndarray, sample_rate: int, row: dict, journal: Journal | None = None
+) -> str:
     """Render the PNG next to ``audio_path`` (same stem, never overwriting); return its path relative to out_dir."""
-    png = reserve_path(out_dir, audio_path.stem, ".png")
-    try:
-        write_bytes(png, render_spectrogram(audio, sample_rate, spectrogram_title(row)))
-    except BaseException:
-        png.unlink(missing_ok=True)
-        raise
+    data = render_spectrogram(audio, sample_rate, spectrogram_title(row))
+    png = publish(out_dir, audio_path.stem, ".png", lambda tmp: Path(tmp).write_bytes(data), journal)
     return str(png.relative_to(out_dir))

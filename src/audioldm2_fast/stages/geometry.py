@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,8 @@ def audio_geometry(
     hop_s = np.prod(vocoder_config["upsample_rates"]) / vocoder_config["sampling_rate"]
     if audio_length_s is None:
         audio_length_s = unet_config["sample_size"] * vae_scale_factor * hop_s
+    if not math.isfinite(float(audio_length_s) / float(hop_s) * sample_rate):
+        raise ConfigError("audio_length_s", f"{audio_length_s:g} s is too long to count its samples")
     height = int(audio_length_s / hop_s)
     waveform_length = int(audio_length_s * sample_rate)
     if height % vae_scale_factor != 0:

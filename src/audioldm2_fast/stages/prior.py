@@ -9,11 +9,38 @@ transformers 5, and so fails on the published checkpoints.
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import torch
 
+from ..runtime.errors import ConfigError
 from .base import Stage
 from .state import GenerationState
+
+#: GPT-2's input besides T5's tokens: CLAP's one pooled embedding, and a start and an end token around each of the two.
+PROJECTION_EXTRA_TOKENS = 5
+
+
+def positions_needed(t5_tokens: int, max_new_tokens: int) -> int:
+    """GPT-2 positions one call uses: its input sequence, then one per generated state but the last."""
+    return t5_tokens + PROJECTION_EXTRA_TOKENS + max_new_tokens - 1
+
+
+def check_positions(
+    language_model_config: dict[str, Any], t5_tokens: int, max_new_tokens: int, where: str = ""
+) -> None:
+    """Refuse a ``max_new_tokens`` that, with prompts of ``t5_tokens`` T5 tokens, runs past GPT-2's positions."""
+    limit = language_model_config.get("n_positions") or language_model_config.get("max_position_embeddings")
+    needed = positions_needed(t5_tokens, max_new_tokens)
+    if limit is None or needed <= int(limit):
+        return
+    most = int(limit) - positions_needed(t5_tokens, 1) + 1
+    raise ConfigError(
+        "max_new_tokens",
+        f"{where}{max_new_tokens} with prompts of {t5_tokens} T5 tokens needs {needed} GPT-2 positions; this "
+        f"checkpoint's language model has {limit}"
+        + (f" (use at most {most})" if most >= 1 else " (shorten the prompt)"),
+    )
 
 
 def _cache_kwarg(model: torch.nn.Module) -> str:
@@ -56,6 +83,8 @@ class Prior(Stage):
 
     @torch.no_grad()
     def __call__(self, state: GenerationState) -> GenerationState:
+        config = self.modules["language_model"].config
+        check_positions(config.to_dict(), int(state.t5_embeds.shape[1]), self.max_new_tokens(state))
         projected = self.modules["projection_model"](
             hidden_states=self.to_stage(state.clap_embeds),
             hidden_states_1=self.to_stage(state.t5_embeds),

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # annotations only: the command line reads the state's fields without importing torch
     import torch
 
+    from ..outputs.journal import Journal
+
 
 @dataclass(frozen=True)
 class RunInfo:
@@ -54,13 +56,15 @@ class GenerationState:
     initial_latents: torch.Tensor | None = None  # (B * num_waveforms, C, H, W) noise to start from, as diffusers'
     callback: StepCallback | None = None
     t5_length: int | None = None  # pad or cut T5 tokens to this length (precomputed positive embeddings set it)
-    # Batch runs (prompts_file): per prompt, its item id and seed, and its own generator for its latents and noise.
+    # Batch runs (prompts_file): per prompt, its item id and seed, its own generator for its latents and noise, and
+    # the journal of its claim, where the writer records each file before it makes it.
     item_ids: list[str] | None = None
     item_seeds: list[int] | None = None
     item_generators: list[torch.Generator] | None = None
     # Server batches (task=serve): per prompt, its guidance scale (None: guidance_scale for all).
     item_guidance_scales: list[float] | None = None
     output_format: str | None = None  # the writer's format for this call (None: output.format)
+    item_journals: list[Journal] | None = None
 
     # text_encoders
     clap_embeds: torch.Tensor | None = None  # (P, 1, clap_dim) pooled CLAP text embedding

@@ -11,9 +11,9 @@ import numpy as np
 
 from ..config.fields import setting
 from ..config.schema import OutputConfig
-from ..outputs.files import EXTENSIONS, prompt_slug, reserve_path, write_audio
+from ..outputs.files import prompt_slug, publish_audio
 from ..outputs.finishing import finish_audio, trim_record
-from ..outputs.manifest import append_row
+from ..outputs.manifest import append_rows
 from ..outputs.provenance import provenance, save_config
 from ..outputs.report import write_run_report
 from ..outputs.spectrogram import write_spectrogram
@@ -69,12 +69,12 @@ class Writer(Stage):
             else:
                 slug = prompt_slug(state.prompts[p], output.name_max_length)
                 stem = f"{slug}_s{state.seed}_c{state.candidate_index(i)}"
+            journal = state.item_journals[p] if state.item_journals else None
             try:
-                path = reserve_path(out_dir, stem, EXTENSIONS[fmt])
                 audio, finishing = finish_audio(
                     waveforms[i], state.sample_rate, output.normalize, output.headroom_db, output.loudness_lufs
                 )
-                write_audio(path, audio, state.sample_rate, fmt, subtype)
+                path = publish_audio(out_dir, stem, audio, state.sample_rate, fmt, subtype, journal)
                 row = self._row(state, i, path, out_dir, fmt, subtype)
                 row["finishing"] = {**finishing, **trim_record(state.trim, state.waveform_length)}
                 row["silent"] = is_silent(waveforms[i])  # the model's output, before any normalisation
@@ -82,14 +82,17 @@ class Writer(Stage):
                     log.warning("%s is silent (peak below %g dBFS)", path.name, SILENCE_DBFS)
                 row["provenance"] = provenance(cfg_hash)
                 if output.spectrogram:
-                    row["spectrogram"] = write_spectrogram(out_dir, path, audio, state.sample_rate, row)
+                    row["spectrogram"] = write_spectrogram(out_dir, path, audio, state.sample_rate, row, journal)
             except OSError as exc:
                 raise OutputError(f"output.dir: cannot write in {str(out_dir)!r}: {exc.strerror or exc}") from None
             pending.append(row)
             if k + 1 == len(order) or state.prompt_index(order[k + 1]) != p:
-                # A prompt's rows go in only once all its files exist: a row means its prompt is complete.
-                for done in pending:
-                    append_row(manifest, done)
+                # A prompt's rows go in, in one write, only once all its files exist: a row means its prompt is
+                # complete.
+                try:
+                    append_rows(manifest, pending)
+                except OSError as exc:
+                    raise OutputError(f"output.dir: cannot write {str(manifest)!r}: {exc.strerror or exc}") from None
                 state.records.extend(pending)
                 pending = []
         if output.report and not state.item_ids:  # batch runs write it once, at their end

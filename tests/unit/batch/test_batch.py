@@ -144,7 +144,7 @@ def test_an_item_alone_and_in_a_batch_gives_the_same_audio(tmp_path, scheduler):
     tokens = generator.store.get("tokenizer_2")
     assert len({len(tokens(line["prompt"]).input_ids) for line in lines}) == 1  # so all three share one batch
     summary = run_batch(cfg, generator)
-    assert summary["items"] == {"done": 3, "skipped": 0, "failed": 0}
+    assert summary["items"] == {"done": 3, "skipped": 0, "failed": 0, "done_elsewhere": 0}
     assert summary["audio_s"] == pytest.approx(3 * 2 * 0.32)
     together = _float_wavs(tmp_path / "out")
 
@@ -210,3 +210,43 @@ def test_merge_keeps_each_item_candidate_once_and_can_run_again(tmp_path):
     assert [r["path"] for r in merged] == ["0/a_c0.wav", "1/b_c0.wav", "1/b_c1.wav"]  # job dirs in order, then dir
     assert merge_manifests(tmp_path)["rows"] == 3  # merging again reads its own output and adds nothing
     assert (tmp_path / "manifest.jsonl").read_text().count("\n") == 3
+
+
+def test_line_breaks_inside_a_line_do_not_split_it(tmp_path):
+    """Lines end at line feeds only: U+2028 is text in a .txt line and in a JSON string; a quoted CSV field keeps its
+    line break, and the prompt check then refuses it as it refuses one in prompt=, naming the record's first line."""
+    (tmp_path / "p.txt").write_text("rain\u2028drops\r\nwind\n", encoding="utf-8")
+    (tmp_path / "p.jsonl").write_text('{"prompt": "rain\u2028drops"}\n{"prompt": "wind"}\n', encoding="utf-8")
+    for name in ("p.txt", "p.jsonl"):
+        items = read_items(_cfg(tmp_path, tmp_path / name))
+        assert [(item.line, item.prompt) for item in items] == [(1, "rain\u2028drops"), (2, "wind")]
+    (tmp_path / "p.csv").write_text('prompt,seed\nrain,1\n"wind\nin trees",2\n"a\x1bb",3\n')
+    with pytest.raises(ConfigError) as info:
+        read_items(_cfg(tmp_path, tmp_path / "p.csv"))
+    message = str(info.value)
+    assert "line 3: prompt contains the control character U+000A at position 4" in message
+    assert "line 5: prompt contains the control character U+001B" in message
+
+
+def test_the_users_files_beside_the_items_are_never_touched(tmp_path):
+    """Files named exactly as an item's files (and temporaries) would be, there before the run: the run writes next
+    to them, a rerun resumes, and every one of them keeps its bytes."""
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = {
+        "drums_c0.wav": b"my drums",
+        "drums_c0.png": b"my drawing",
+        ".drums_c0.wav.abcdefgh.part": b"hidden, mine",
+        "drums_c1-1.wav": b"mine too",
+    }
+    for name, data in mine.items():
+        (out / name).write_bytes(data)
+    path = tmp_path / "p.txt"
+    path.write_text("samba drums|drums\n")
+    cfg = _cfg(tmp_path, path, "num_waveforms=2", "audio_length_s=0.32", "steps=2")
+    assert run_batch(cfg)["items"]["done"] == 1
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(r["path"] for r in rows) == ["drums_c0-1.wav", "drums_c1.wav"]
+    assert run_batch(cfg)["items"] == {"done": 0, "skipped": 1, "failed": 0, "done_elsewhere": 0}
+    for name, data in mine.items():
+        assert (out / name).read_bytes() == data, name

@@ -59,3 +59,27 @@ def test_components_load_in_the_requested_dtype(tiny_dir):
     store = ComponentStore(tiny_dir)
     clap = store.get("text_encoder", torch.float32)
     assert next(clap.parameters()).dtype == torch.float32
+
+
+def test_whatever_a_component_raises_while_loading_is_one_line_naming_it(tmp_path, tiny_dir):
+    """A tokenizer file that parses as JSON but is not a tokenizer: not caught by any file check, so loading fails;
+    it fails as one CheckpointError naming the component, not as the library's traceback."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_dir, ckpt)
+    (ckpt / "tokenizer_2" / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"type": "Nope"}}))
+    with pytest.raises(CheckpointError, match="component 'tokenizer_2' cannot be loaded") as info:
+        ComponentStore(ckpt).get("tokenizer_2")
+    assert "\n" not in str(info.value) and info.value.exit_code == 3
+
+
+def test_a_truncated_download_is_refused_by_its_header(tmp_path, tiny_dir):
+    from audioldm2_fast.checkpoints.safety import safetensors_header
+
+    for path in tiny_dir.rglob("*.safetensors"):  # every file of the tiny checkpoint is whole
+        header = safetensors_header(path)
+        assert header and all("data_offsets" in entry for entry in header.values())
+    cut = tmp_path / "cut.safetensors"
+    data = (tiny_dir / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
+    cut.write_bytes(data[: len(data) - 10])
+    with pytest.raises(ValueError, match="cut short"):
+        safetensors_header(cut)

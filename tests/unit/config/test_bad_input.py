@@ -6,7 +6,6 @@ Most cases run in-process through ``cli.main``; a few run as real processes to s
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -14,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import ROOT, child_env
+from support import ROOT, child_env, dir_with_a_run, fill_placeholders, snapshot
 
 from audioldm2_fast.cli import main
 from audioldm2_fast.config.prompts import MAX_PROMPT_CHARS
@@ -181,27 +180,11 @@ def paths(tmp_path_factory, tiny_dir) -> dict[str, str]:
 
 @pytest.fixture
 def existing(tmp_path) -> Path:
-    """An output dir that already holds a run's files."""
-    out = tmp_path / "existing"
-    out.mkdir()
-    (out / "rain-00000000_s0_c0.wav").write_bytes(b"RIFF earlier audio")
-    (out / "manifest.jsonl").write_text(json.dumps({"path": "rain-00000000_s0_c0.wav"}) + "\n")
-    return out
-
-
-def snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
-    return {str(p.relative_to(directory)): (p.read_bytes(), p.stat().st_mtime_ns) for p in directory.rglob("*")}
+    return dir_with_a_run(tmp_path / "existing")
 
 
 def _args(args: list[str], paths: dict[str, str], out: Path) -> list[str]:
-    """Fill the {name} placeholders (other braces, as in ``prompt={a:1}``, stay as they are)."""
-    values = {**paths, "out": str(out)}
-    filled = []
-    for arg in args:
-        for name, value in values.items():
-            arg = arg.replace("{" + name + "}", value)
-        filled.append(arg)
-    return filled
+    return fill_placeholders(args, {**paths, "out": str(out)})
 
 
 def test_the_table_is_big_enough():
