@@ -26,7 +26,7 @@ from ..outputs.manifest import manifest_name
 from ..outputs.report import write_run_report
 from ..runtime.errors import PROG, OutOfMemory, OutputError, StageError
 from ..runtime.progress import progress_bar
-from .claims import Claim, Claims
+from .claims import CLAIMS, Claim, Claims
 from .items import Item, read_items, shard_items
 from .resume import ManifestView, clear, settle
 from .settings import check_settings
@@ -125,8 +125,31 @@ class _BatchRun:
         self.claims: Claims | None = None
         self.held: dict[str, Claim] = {}
 
+    def release_abandoned(self) -> None:
+        """Remove the claims that runs gone since left on complete items (killed between an item's last manifest row
+        and the removal of its claim), after clearing what their journals name and no row does. A claim on an item
+        that is no longer complete is let go and the item joins the pending ones, to be claimed again by :meth:`run`.
+        """
+        claims_dir = self.out_dir / CLAIMS
+        if not claims_dir.is_dir() or not any(claims_dir.iterdir()):
+            return
+        self.claims = self.claims or Claims(self.out_dir, self.manifest.name)  # also clears half-made claims
+        pending = {item.id for item in self.pending}
+        for item in self.items:
+            if item.id in pending or not (claims_dir / f"{item.id}.claim").exists():
+                continue
+            claim = self.claims.acquire(item.id, wait=False)
+            if claim is None:
+                continue  # a live run holds it, and removes it when it is done
+            if settle(claim, item, self.view, self.claims.header(item.id)):
+                claim.release()
+            else:
+                claim.close()
+                self.pending.append(item)
+                self.counts["skipped"] -= 1
+
     def run(self, generator: Any, bar: Any) -> None:
-        self.claims = Claims(self.out_dir, self.manifest.name)
+        self.claims = self.claims or Claims(self.out_dir, self.manifest.name)
         self.generator, self.bar = generator, bar
         token_length = _t5_length(generator)
         batch_size = int(self.cfg.batch_size)
@@ -209,6 +232,7 @@ def run_batch(cfg: DictConfig, generator: Any = None) -> dict[str, Any]:
     run = _BatchRun(cfg, items, out_dir, manifest)
     load_s = 0.0
     try:
+        run.release_abandoned()
         if run.pending:
             if generator is None:
                 check_requests(cfg, item_requests(cfg, items))  # every line, before anything loads

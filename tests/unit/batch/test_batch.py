@@ -250,3 +250,26 @@ def test_the_users_files_beside_the_items_are_never_touched(tmp_path):
     assert run_batch(cfg)["items"] == {"done": 0, "skipped": 1, "failed": 0, "done_elsewhere": 0}
     for name, data in mine.items():
         assert (out / name).read_bytes() == data, name
+
+
+def test_a_claim_left_on_a_complete_item_is_removed_by_the_next_run(tmp_path):
+    """A run killed after an item's last manifest row but before removing its claim: the next run, with nothing left
+    to generate, removes that claim (and the temporaries its journal names) and loads no model."""
+    from audioldm2_fast.batch.claims import CLAIMS, TEMPORARIES, Claims
+
+    path = tmp_path / "p.txt"
+    path.write_text("samba drums|drums\n")
+    cfg = _cfg(tmp_path, path, "audio_length_s=0.32", "steps=2")
+    assert run_batch(cfg)["items"]["done"] == 1
+    out = tmp_path / "out"
+    gone = Claims(out, "manifest.jsonl").acquire("drums")
+    gone.journal.record(temp="left.part")
+    (out / TEMPORARIES / "left.part").write_bytes(b"half")
+    gone.close()  # its process is gone with the claim still there
+    assert (out / CLAIMS / "drums.claim").exists()
+    before = (out / "manifest.jsonl").read_bytes()
+    summary = run_batch(cfg)
+    assert summary["items"] == {"done": 0, "skipped": 1, "failed": 0, "done_elsewhere": 0}
+    assert summary["load_s"] == 0.0
+    assert list((out / CLAIMS).iterdir()) == [] and list((out / TEMPORARIES).iterdir()) == []
+    assert (out / "manifest.jsonl").read_bytes() == before
