@@ -88,27 +88,49 @@ class Compile(Optimization):
         chosen = self.mode_on(stage.device.type)
         if chosen == "none" or stage.name not in self.stages:
             return 0
-        import torch  # the stages are loaded: torch is already imported
-
-        _ignore_unet_logging()
-        if self.backend == "inductor":
-            configure_compile_cache(self.cache_dir)
-        options = {"mode": None if chosen == "default" else chosen} if self.backend == "inductor" else {}
-        count = 0
-        for owner, attr in stage.compile_targets():
-            module = owner[attr] if isinstance(owner, dict) else getattr(owner, attr)
-            if isinstance(module, torch._dynamo.eval_frame.OptimizedModule):
-                continue  # shared with a stage compiled before
-            compiled = torch.compile(
-                module, backend=self.backend, fullgraph=self.fullgraph, dynamic=self.dynamic, **options
-            )
-            if isinstance(owner, dict):
-                owner[attr] = compiled
-            else:
-                setattr(owner, attr, compiled)
-            count += 1
+        count = compile_modules(
+            stage,
+            chosen,
+            fullgraph=self.fullgraph,
+            dynamic=self.dynamic,
+            backend=self.backend,
+            cache_dir=self.cache_dir,
+        )
         log.info("compile=%s: %d module(s) of stage %s", chosen, count, stage.name)
         return count
+
+
+def compile_modules(
+    stage: Stage,
+    mode: str,
+    *,
+    fullgraph: bool = False,
+    dynamic: bool | None = None,
+    backend: str = "inductor",
+    cache_dir: str | None = None,
+) -> int:
+    """``torch.compile`` every compile target of ``stage`` in ``mode`` (not ``none``); return how many were compiled.
+
+    Shared by ``compile`` and by ``graphs`` (which compiles underneath its captures with ``mode="default"``).
+    """
+    import torch  # the stages are loaded: torch is already imported
+
+    _ignore_unet_logging()
+    if backend == "inductor":
+        configure_compile_cache(cache_dir)
+    options = {"mode": None if mode == "default" else mode} if backend == "inductor" else {}
+    count = 0
+    for owner, attr in stage.compile_targets():
+        module = owner[attr] if isinstance(owner, dict) else getattr(owner, attr)
+        if isinstance(module, torch._dynamo.eval_frame.OptimizedModule):
+            continue  # shared with a stage compiled before
+        compiled = torch.compile(module, backend=backend, fullgraph=fullgraph, dynamic=dynamic, **options)
+        if isinstance(owner, dict):
+            owner[attr] = compiled
+        else:
+            setattr(owner, attr, compiled)
+        count += 1
+    return count
 
 
 def _ignore_unet_logging() -> None:

@@ -52,6 +52,9 @@ class Stage:
     reads: ClassVar[tuple[str, ...]] = ()
     writes: ClassVar[tuple[str, ...]] = ()
     Settings: ClassVar[type[StageSettings]] = StageSettings
+    #: Methods that are functions of tensors only (tensors in, a tensor or a tuple of tensors out; keyword arguments
+    #: are plain values that select the work): what the ``graphs`` optimisation may replace by captured graphs.
+    graphed: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self, name: str, device: torch.device, dtype: torch.dtype, store: ComponentStore, settings: Any

@@ -1,9 +1,14 @@
 """Projection of both text embeddings and the GPT-2 prior that generates ``max_new_tokens`` hidden states.
 
-The loop uses GPT-2's key/value cache and works with ``GPT2Model`` (as the published checkpoints ship it) and
-``GPT2LMHeadModel`` alike: only the base transformer's last hidden state is used, which is what the stock pipeline
-takes from ``hidden_states[-1]``. The stock loop calls generation helpers that ``GPT2Model`` lacks under
-transformers 5, and so fails on the published checkpoints.
+The loop works with ``GPT2Model`` (as the published checkpoints ship it) and ``GPT2LMHeadModel`` alike: only the
+base transformer's last hidden state is used, which is what the stock pipeline takes from ``hidden_states[-1]``. The
+stock loop calls generation helpers that ``GPT2Model`` lacks under transformers 5, and so fails on the published
+checkpoints. The loop runs over a static, preallocated key/value cache (:mod:`.kv_cache`); a language model that the
+static pass does not reproduce (cross-attention, upcast attention) keeps transformers' own cache
+(:func:`generate_hidden_states`).
+
+The projection and the loop are :meth:`Prior.generate`, a function of tensors only, which the ``graphs``
+optimisation may capture.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import torch
 
 from ..runtime.errors import ConfigError
 from .base import Stage
+from .kv_cache import StaticKVDecoder, generate_static, static_cache_supported
 from .state import GenerationState
 
 #: GPT-2's input besides T5's tokens: CLAP's one pooled embedding, and a start and an end token around each of the two.
@@ -52,7 +58,10 @@ def _cache_kwarg(model: torch.nn.Module) -> str:
 def generate_hidden_states(
     language_model: torch.nn.Module, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int
 ) -> torch.Tensor:
-    """Autoregressively append ``max_new_tokens`` last-layer hidden states to ``inputs_embeds``; return the new ones."""
+    """Autoregressively append ``max_new_tokens`` last-layer hidden states to ``inputs_embeds``; return the new ones.
+
+    transformers' own cache, grown by one position per token: the path for models the static cache does not
+    reproduce, and the reference the static loop is tested against."""
     transformer = getattr(language_model, "transformer", language_model)  # GPT2LMHeadModel wraps a GPT2Model
     cache_kwarg = _cache_kwarg(transformer)
     out = transformer(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=True)
@@ -71,8 +80,18 @@ class Prior(Stage):
     components = ("projection_model", "language_model")
     reads = ("clap_embeds", "clap_mask", "t5_embeds", "t5_mask")
     writes = ("generated_embeds",)
+    graphed = ("generate",)
+
+    def setup(self) -> None:
+        super().setup()
+        lm = self.modules["language_model"]
+        transformer = getattr(lm, "transformer", lm)
+        #: The static-cache pass over the language model (None: transformers' own loop); ``compile`` may wrap it.
+        self.decoder: Any = StaticKVDecoder(transformer) if static_cache_supported(transformer) else None
 
     def compile_targets(self):
+        if getattr(self, "decoder", None) is not None:
+            return [(self, "decoder")]
         lm = self.modules["language_model"]
         return [(lm, "transformer")] if hasattr(lm, "transformer") else [(self.modules, "language_model")]
 
@@ -82,19 +101,38 @@ class Prior(Stage):
         return int(getattr(self.modules["language_model"].config, "max_new_tokens", None) or 8)
 
     @torch.no_grad()
+    def generate(
+        self,
+        clap_embeds: torch.Tensor,
+        clap_mask: torch.Tensor,
+        t5_embeds: torch.Tensor,
+        t5_mask: torch.Tensor,
+        *,
+        max_new_tokens: int,
+    ) -> torch.Tensor:
+        """Both text embeddings and their masks in, GPT-2's ``max_new_tokens`` generated states out: tensors only."""
+        projected = self.modules["projection_model"](
+            hidden_states=clap_embeds,
+            hidden_states_1=t5_embeds,
+            attention_mask=clap_mask,
+            attention_mask_1=t5_mask,
+        )
+        if getattr(self, "decoder", None) is not None:
+            return generate_static(self.decoder, projected.hidden_states, projected.attention_mask, max_new_tokens)
+        return generate_hidden_states(
+            self.modules["language_model"], projected.hidden_states, projected.attention_mask, max_new_tokens
+        )
+
+    @torch.no_grad()
     def __call__(self, state: GenerationState) -> GenerationState:
         config = self.modules["language_model"].config
-        check_positions(config.to_dict(), int(state.t5_embeds.shape[1]), self.max_new_tokens(state))
-        projected = self.modules["projection_model"](
-            hidden_states=self.to_stage(state.clap_embeds),
-            hidden_states_1=self.to_stage(state.t5_embeds),
-            attention_mask=self.to_stage(state.clap_mask),
-            attention_mask_1=self.to_stage(state.t5_mask),
-        )
-        state.generated_embeds = generate_hidden_states(
-            self.modules["language_model"],
-            projected.hidden_states,
-            projected.attention_mask,
-            self.max_new_tokens(state),
+        new_tokens = self.max_new_tokens(state)
+        check_positions(config.to_dict(), int(state.t5_embeds.shape[1]), new_tokens)
+        state.generated_embeds = self.generate(
+            self.to_stage(state.clap_embeds),
+            self.to_stage(state.clap_mask),
+            self.to_stage(state.t5_embeds),
+            self.to_stage(state.t5_mask),
+            max_new_tokens=new_tokens,
         )
         return state

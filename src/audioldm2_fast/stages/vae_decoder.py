@@ -44,13 +44,18 @@ class VaeDecoder(Stage):
     reads = ("latents",)
     writes = ("mel",)
     Settings = VaeDecoderSettings
+    graphed = ("decode",)
 
     def compile_targets(self):
         return [(self.modules["vae"], "decoder")]
 
     @torch.no_grad()
-    def __call__(self, state: GenerationState) -> GenerationState:
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Unscaled latents in, mel out: tensors only (the ``graphs`` optimisation may capture it)."""
         vae = self.modules["vae"]
-        latents = self.to_stage(state.latents) / vae.config.scaling_factor
-        state.mel = decode_latents(vae, latents, vars(self.settings))
+        return decode_latents(vae, latents / vae.config.scaling_factor, vars(self.settings))
+
+    @torch.no_grad()
+    def __call__(self, state: GenerationState) -> GenerationState:
+        state.mel = self.decode(self.to_stage(state.latents))
         return state

@@ -44,9 +44,16 @@ class Vocoder(Stage):
     reads = ("mel", "waveform_length")
     writes = ("waveforms", "sample_rate")
     Settings = VocoderSettings
+    graphed = ("waveform",)
 
     def compile_targets(self):
         return [(self.modules, "vocoder")]
+
+    @torch.no_grad()
+    def waveform(self, mel: torch.Tensor) -> torch.Tensor:
+        """Mel (batch, frames, bins) in, waveforms out on this stage's device: tensors only (``graphs`` may capture
+        it)."""
+        return vocode(self.modules["vocoder"], mel, vars(self.settings))
 
     @torch.no_grad()
     def __call__(self, state: GenerationState) -> GenerationState:
@@ -54,8 +61,7 @@ class Vocoder(Stage):
         mel = self.to_stage(state.mel)
         if mel.dim() == 4:
             mel = mel.squeeze(1)
-        waveforms = vocode(vocoder, mel, vars(self.settings))
-        waveforms = waveforms.cpu().float()
+        waveforms = self.waveform(mel).cpu().float()
         # trim=false (output.trim) keeps the vocoder's whole output (the length rounded up to the latent grid).
         state.waveforms = waveforms[:, : state.waveform_length] if state.trim else waveforms
         state.sample_rate = int(vocoder.config.sampling_rate)

@@ -8,8 +8,9 @@ state, with its own length, format and file names. With the kernels of ``batch_i
 audio is then the same bits whether it ran alone or with others.
 
 Requests batch together when their shapes match: latent length (the length bucket, with ``compile.length_bucket_s``),
-steps, guidance on or off, candidates per prompt, and the T5 token count, which the GPT-2 prior sees through its
-position ids (README, "Batch generation"). A failure in the batched stages is retried request by request, so a request
+steps, guidance on or off, candidates per prompt, the T5 token count, which the GPT-2 prior sees through its
+position ids (README, "Batch generation"), and the CLAP token length the text encoders run at (with its padding
+bucket). A failure in the batched stages is retried request by request, so a request
 that cannot run (out of memory, say) fails alone; a failure after them belongs to its request only.
 """
 
@@ -68,6 +69,7 @@ class ServeChain:
         self.writers = frozenset(s.name for s in generator.stages if "records" in type(s).writes)
         self._denoiser = next((s for s in generator.stages if hasattr(s, "geometry")), None)
         self._tokenizer = generator.store.get("tokenizer_2")
+        self._text = next((s for s in generator.stages if hasattr(s, "clap_length")), None)
         self._geometries: dict[float | None, AudioGeometry] = {}
         cpu_only = all(stage.device.type == "cpu" for stage in generator.stages if stage.name in self.batched)
         #: Whether a request's audio is bit-identical alone and batched (measured; see batch_invariance).
@@ -89,12 +91,16 @@ class ServeChain:
         geometry = self.geometry(request.audio_length_s)
         tokenizer = self._tokenizer
         tokens = len(tokenizer(request.prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids)
+        guided = request.guidance_scale > 1.0
+        texts = [request.negative_prompt or "", request.prompt] if guided else [request.prompt]
+        clap_tokens = self._text.clap_length(texts) if self._text is not None else None
         return (
             geometry.mel_frames if geometry else request.audio_length_s,
             request.steps,
-            request.guidance_scale > 1.0,
+            guided,
             request.num_waveforms,
             tokens,
+            clap_tokens,  # CLAP runs a batch at its longest prompt's length: equal lengths keep each request's own
         )
 
     # ------------------------------------------------------------------------------------------------ a chain call
