@@ -116,13 +116,15 @@ GPU = Sizes(
         "environment": 60,
         "gpu-tests": 90,
         "eager": 90,
-        "fastest": 300,
+        "graphs": 60,
+        "fastest": 280,
         "profile": 240,
         "long-budget": 120,
         "long-unconstrained": 100,
         "batch": 90,
         "fresh-cache": 150,
         "large-eager": 100,
+        "large-graphs": 100,
         "large-fastest": 360,
         "large-long-budget": 120,
         "large-long-unconstrained": 110,
@@ -152,6 +154,7 @@ DRY = Sizes(
         "environment": 120,
         "gpu-tests": 180,
         "eager": 180,
+        "graphs": 180,
         "fastest": 180,
         "profile": 180,
         "long-budget": 180,
@@ -229,7 +232,7 @@ def plan_steps(sizes: Sizes, python: str, work: Path, *, profile: bool = False) 
     long = (f"audio_length_s={sizes.long_length_s:g}", f"num_waveforms={sizes.long_waveforms}")
     prompts = BATCH_PROMPTS[: sizes.batch_prompts]
     gpu_tests = sorted(
-        str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py") if "mark.gpu" in p.read_text()
+        str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py") if "mark.gpu" in p.read_text()
     )
 
     def bench(sid: str, group: str, title: str, runs: tuple[int, int], *extra: str, checkpoint: str = "") -> Step:
@@ -250,10 +253,26 @@ def plan_steps(sizes: Sizes, python: str, work: Path, *, profile: bool = False) 
                 reference,
                 checkpoint=checkpoint,
             ),
+            # The fast path without Inductor: every stage captured as CUDA graphs over eager kernels (a first call of
+            # seconds), against the stock pipeline uncompiled. On the CPU graphs=auto captures nothing: the DRY run
+            # covers the same code's CPU side (static cache, precomputed solver, tensor-only stage methods).
+            bench(
+                f"{label}graphs",
+                group,
+                f"graphs over eager kernels (no Inductor), {sizes.half}, vs stock uncompiled{on}",
+                sizes.eager_runs,
+                half,
+                "compile=none",
+                "graphs=auto",
+                "graphs.inductor=false",
+                "benchmark.reference_compile=none",
+                reference,
+                checkpoint=checkpoint,
+            ),
             bench(
                 f"{label}fastest",
                 group,
-                f"experiment=fastest vs the stock recipe (compiled UNet){on}",
+                f"experiment=fastest (graphs over Inductor) vs the stock recipe (compiled UNet){on}",
                 sizes.fastest_runs,
                 "experiment=fastest",
                 half,
@@ -308,7 +327,7 @@ def plan_steps(sizes: Sizes, python: str, work: Path, *, profile: bool = False) 
         ),
     ]
     main = model_steps(sizes.checkpoint)
-    steps += main[:2]
+    steps += main[:3]
     if profile:
         generator = [
             o
@@ -326,7 +345,7 @@ def plan_steps(sizes: Sizes, python: str, work: Path, *, profile: bool = False) 
                 sizes.limits["profile"],
             )
         )
-    steps += main[2:]
+    steps += main[3:]
     steps.append(
         bench(
             "batch",

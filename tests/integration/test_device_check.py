@@ -33,8 +33,8 @@ device_check = _load("device_check")
 device_profile = _load("device_profile")
 device_results = _load("device_results")
 
-MAIN_STEPS = ["environment", "gpu-tests", "eager", "fastest", "profile", "long-budget", "long-unconstrained"]
-ALL_STEPS = [*MAIN_STEPS, "batch", "fresh-cache", "large-eager", "large-fastest", "large-long-budget"]
+MAIN_STEPS = ["environment", "gpu-tests", "eager", "graphs", "fastest", "profile", "long-budget", "long-unconstrained"]
+ALL_STEPS = [*MAIN_STEPS, "batch", "fresh-cache", "large-eager", "large-graphs", "large-fastest", "large-long-budget"]
 ALL_STEPS.append("large-long-unconstrained")
 
 
@@ -83,7 +83,7 @@ def test_dry_run_measures_every_step_and_reports_it(tmp_path):
     tests = steps["gpu-tests"]["figures"]
     assert tests["source"] == "junit" and tests["failed"] == tests["error"] == 0
     assert tests["passed"] + tests["skipped"] == len(tests["tests"]) > 0
-    for sid in ("eager", "fastest", "batch"):
+    for sid in ("eager", "graphs", "fastest", "batch"):
         f = steps[sid]["figures"]
         assert f["e2e_median_s"] > 0 and f["stock"]["e2e_median_s"] > 0 and f["ours_over_stock"] > 0
         assert f["max_abs_diff"] < 1e-4  # fp32 on the CPU: the same output
@@ -189,7 +189,7 @@ def test_the_gpu_plan_is_the_issues_sequence():
     by_id = {s.id: " ".join(" ".join(c) for c in s.commands) for s in steps}
     tokens = {s.id: [a for c in s.commands for a in c] for s in steps}
     prompt = device_check.hydra_quote(device_check.PROMPT)
-    for sid in ("eager", "fastest", "long-budget", "long-unconstrained", "batch", "fresh-cache"):
+    for sid in ("eager", "graphs", "fastest", "long-budget", "long-unconstrained", "batch", "fresh-cache"):
         command = by_id[sid]
         assert "checkpoint=synthetic-audioldm2 " in command and "device=cuda" in command, sid
         assert "precision=fp16" in command and "steps=20" in command and "scheduler=dpmpp_2m" in command, sid
@@ -198,6 +198,11 @@ def test_the_gpu_plan_is_the_issues_sequence():
     assert "audio_length_s=10.24" in tokens["eager"] and "compile=none" in tokens["eager"]
     assert "benchmark.reference=diffusers" in by_id["eager"] and "benchmark.reference=diffusers" in by_id["fastest"]
     assert "experiment=fastest" in by_id["fastest"] and "compile.cache_dir=/w/compile-cache" in by_id["fastest"]
+    # The fast path's two variants: graphs without Inductor vs stock uncompiled; fastest (graphs over Inductor) vs the
+    # stock recipe, whose UNet benchmark.reference_compile=auto compiles because ours captures its denoiser.
+    assert {"graphs=auto", "graphs.inductor=false", "benchmark.reference_compile=none"} <= set(tokens["graphs"])
+    assert "benchmark.reference=diffusers" in tokens["graphs"] and "compile=none" in tokens["graphs"]
+    assert not any(t.startswith("benchmark.reference_compile") for t in tokens["fastest"])
     assert "compile.cache_dir=/w/compile-cache" in by_id["fresh-cache"] and "reference" not in by_id["fresh-cache"]
     for sid in ("long-budget", "long-unconstrained"):
         assert "audio_length_s=150" in tokens[sid] and "num_waveforms=4" in tokens[sid]
@@ -208,9 +213,9 @@ def test_the_gpu_plan_is_the_issues_sequence():
     words = [len(p.split()) for p in device_check.BATCH_PROMPTS]
     assert max(words) - min(words) <= 3
     # The steps worth most fit the budget when the tests use all of their limit and the others take what they
-    # usually do (installation 20 s, environment 15 s, eager 45 s).
+    # usually do (installation 20 s, environment 15 s, eager 45 s, graphs 25 s).
     limits = device_check.GPU.limits
-    assert 20 + 15 + limits["gpu-tests"] + 45 + limits["fastest"] <= device_check.GPU.budget_s
+    assert 20 + 15 + limits["gpu-tests"] + 45 + 25 + limits["fastest"] <= device_check.GPU.budget_s
     assert device_check.GPU.budget_s <= 8 * 60
 
 
@@ -219,7 +224,7 @@ def test_the_gpu_command_lines_compose(tmp_path):
     """Every GPU-only value (checkpoints, fp16, budget, lengths) composes as a config: no typo waits for a GPU."""
     steps = device_check.plan_steps(device_check.GPU, sys.executable, tmp_path)
     env = device_check.step_env()
-    for sid in ("fastest", "long-budget", "large-eager"):
+    for sid in ("graphs", "fastest", "long-budget", "large-eager"):
         command = next(s for s in steps if s.id == sid).commands[0]
         proc = subprocess.run([*command, "--cfg", "job"], cwd=ROOT, env=env, capture_output=True, text=True)
         assert proc.returncode == 0, (sid, proc.stderr[-2000:])

@@ -177,7 +177,8 @@ class SyntheticComponentStore(ComponentStore):
                 "which is not a class an AudioLDM 2 checkpoint is made of"
             )
         if name == "tokenizer":
-            return roberta_tokenizer(int(self._tokenizer_config(name).get("model_max_length") or 512), 50265)
+            limit = int(self._tokenizer_config(name).get("model_max_length") or 512)
+            return roberta_tokenizer(limit, 50265, words=CAPTION_WORDS)
         if name == "tokenizer_2":
             return t5_tokenizer(int(self._tokenizer_config(name).get("model_max_length") or 128))
         cfg = {k: v for k, v in self.config(name).items() if k not in _DTYPE_KEYS}

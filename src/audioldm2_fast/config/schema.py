@@ -140,6 +140,7 @@ class BenchmarkConfig:
     warmup: int = setting(ge=0)
     runs: int = setting(ge=1)
     reference: str | None = setting(choices=("diffusers",))
+    reference_compile: str = setting("auto", choices=("auto", "none", "reduce-overhead"))
     fp32_check: bool = setting()
     write_audio: bool = setting()
     save: bool = setting()

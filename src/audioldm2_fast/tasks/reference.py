@@ -1,7 +1,8 @@
 """The stock diffusers ``AudioLDM2Pipeline``, built from the Generator's own components, as a same-process reference.
 
 It is configured as the founding recipe does it: every component in one dtype on one device, SDPA attention, and,
-when our run compiles its denoiser, ``torch.compile(unet, mode="reduce-overhead", fullgraph=True)``. Modules whose
+when our run compiles its denoiser or captures it as CUDA graphs (or ``benchmark.reference_compile`` says so),
+``torch.compile(unet, mode="reduce-overhead", fullgraph=True)``. Modules whose
 dtype or device differs from that (our default keeps the VAE decoder and vocoder in fp32) are copied for the
 reference; all others are shared, so both sides run the very same weights.
 
@@ -21,6 +22,7 @@ from diffusers import AudioLDM2Pipeline
 from transformers import GPT2LMHeadModel
 
 from ..accel.compile import effective_mode
+from ..accel.graphs import captures_on
 from ..stages.schedulers import build_scheduler
 
 if TYPE_CHECKING:
@@ -38,6 +40,18 @@ COMPONENTS = (
     "unet",
     "vocoder",
 )
+
+
+def stock_compiles(cfg: Any, device_type: str) -> bool:
+    """Whether the stock side's UNet is compiled (``benchmark.reference_compile``): ``auto`` compiles it as the
+    founding recipe does whenever our denoiser is compiled, or captured as graphs on CUDA."""
+    choice = str((cfg.get("benchmark") or {}).get("reference_compile", "auto"))
+    if choice != "auto":
+        return choice == "reduce-overhead"
+    compiled = effective_mode(str(cfg.compile.mode), device_type) != "none" and "denoiser" in cfg.compile.stages
+    graphs = cfg.get("graphs") or {}
+    captured = captures_on(str(graphs.get("mode", "none")), device_type) and "denoiser" in (graphs.get("stages") or [])
+    return compiled or captured
 
 
 def _original(module: Any) -> Any:
@@ -81,7 +95,7 @@ class DiffusersReference:
         # Keep generation order (the stock scorer re-ranks across the batch when librosa is installed), so that
         # outputs compare one to one; ranking is not part of the reference's time.
         self.pipe.score_waveforms = lambda text, audio, num_waveforms_per_prompt, device, dtype: audio
-        if effective_mode(str(cfg.compile.mode), self.device.type) != "none" and "denoiser" in cfg.compile.stages:
+        if stock_compiles(cfg, self.device.type):
             self.pipe.unet = torch.compile(self.pipe.unet, mode="reduce-overhead", fullgraph=True)
             self.notes.append('unet compiled with torch.compile(mode="reduce-overhead", fullgraph=True)')
         self.cfg = cfg

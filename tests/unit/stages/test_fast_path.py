@@ -151,6 +151,7 @@ def test_the_prior_uses_the_static_cache_for_both_classes(make_generator):
 
 # ---------------------------------------------------------------------------------------------------- solver
 
+
 def _published_scheduler_config() -> dict:
     """cvssp/audioldm2's own scheduler_config.json (as packaged)."""
     import json
