@@ -65,7 +65,9 @@ def test_precomputed_prompt_embeddings_give_the_prompts_audio(gen):
         negative_prompt="low quality",
         seed=2,
     )
-    np.testing.assert_allclose(out.waveforms, expected, rtol=0, atol=1e-6)
+    # The prompt's text side ran alone here and beside its negative there: the same values to float rounding (a
+    # GEMM may round a row differently at another row count).
+    np.testing.assert_allclose(out.waveforms, expected, rtol=0, atol=1e-5)
     neg_embeds, neg_mask, neg_generated = _text_side(gen, "low quality", t5_length=embeds.shape[1])
     given = gen(
         prompt_embeds=embeds,

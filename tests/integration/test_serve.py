@@ -3,9 +3,12 @@ bit-identical audio, faults kept to their request, the queue limit, the API key,
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -16,6 +19,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from serve_client import ServerProcess
+from support import child_env
 
 from audioldm2_fast.cli import check_overrides
 from audioldm2_fast.runtime.errors import ConfigError
@@ -66,13 +70,24 @@ def _audio(server, reply) -> list[np.ndarray]:
     return out
 
 
+@functools.cache
+def _kernels_batch_invariant_here() -> bool:
+    """What the server measures at start-up (``batch_invariance.check``), in a fresh process with its MKL setting:
+    whether this CPU's kernels give a row the same bits at every batch size (not every CPU's MKL does)."""
+    code = "from audioldm2_fast.tasks.batch_invariance import check; print(check())"
+    env = child_env(MKL_CBWR=os.environ.get("MKL_CBWR", "AUTO,STRICT"))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return out.stdout.strip() == "True"
+
+
 def test_loading_then_ok_and_what_the_server_offers(server):
     health, generate = server.while_loading
     assert health.status == 503 and health.json()["status"] == "loading"
     assert generate.status == 503 and generate.headers["retry-after"] and generate.json()["error"]["type"] == "loading"
 
     stats = _stats(server)
-    assert stats["status"] == "ok" and stats["checkpoint"] == "tiny" and stats["batch_invariant"] is True
+    assert stats["status"] == "ok" and stats["checkpoint"] == "tiny"
+    assert stats["batch_invariant"] is _kernels_batch_invariant_here()
     options = server.get("/v1/options").json()
     assert options["checkpoint"] == "tiny" and options["sample_rate"] == 16000 and options["auth"] is True
     assert options["defaults"]["steps"] == 2 and options["defaults"]["audio_length_s"] == 0.32
@@ -169,7 +184,11 @@ def test_batched_requests_take_fewer_chain_calls_and_give_the_audio_of_each_alon
         alone = server.post("/v1/generate", body)
         assert alone.json()["metadata"]["batch_size"] == 1
         for a, b in zip(_audio(server, batched), _audio(server, alone), strict=True):
-            assert a.dtype == np.float32 and np.array_equal(a, b)  # bit for bit
+            assert a.dtype == np.float32 and np.abs(a).max() > 0
+            if _kernels_batch_invariant_here():
+                assert np.array_equal(a, b)  # bit for bit
+            else:  # this CPU's GEMM rounds a row differently at other batch sizes (the server reports it)
+                np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
         assert batched.json()["audio"][0]["url"] != alone.json()["audio"][0]["url"]  # two files; none replaced
 
 

@@ -12,7 +12,7 @@ import logging
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
@@ -55,15 +55,17 @@ def item_requests(cfg: DictConfig, items: list[Item]) -> list[Request]:
     return requests
 
 
-def _batch_key(item: Item, token_length: Callable[[str], int], batch_size: int) -> tuple:
-    return (item.audio_length_s, item.num_waveforms, token_length(item.prompt) if batch_size > 1 else 0)
+def _batch_key(item: Item, token_length: Callable[[Item], Hashable], batch_size: int) -> tuple:
+    return (item.audio_length_s, item.num_waveforms, token_length(item) if batch_size > 1 else 0)
 
 
-def make_batches(items: list[Item], batch_size: int, token_length: Callable[[str], int]) -> list[list[Item]]:
-    """Batches of up to ``batch_size`` items sharing audio length, candidate count and T5 token length.
+def make_batches(items: list[Item], batch_size: int, token_length: Callable[[Item], Hashable]) -> list[list[Item]]:
+    """Batches of up to ``batch_size`` items sharing audio length, candidate count and token lengths
+    (``token_length(item)``: the T5 token count and the CLAP length the text side runs the item at).
 
-    Equal token lengths mean no padding inside a batch, which the GPT-2 prior would otherwise see (through its
-    position ids): so an item's audio does not depend on its batch-mates, and compiled graphs keep their shapes.
+    Equal T5 lengths mean no padding inside a batch, which the GPT-2 prior would otherwise see (through its position
+    ids), and equal CLAP lengths mean CLAP runs each item at its own length: so an item's audio does not depend on
+    its batch-mates, and compiled or captured graphs keep their shapes.
     """
     groups: dict[tuple, list[Item]] = {}
     for item in items:
@@ -71,14 +73,17 @@ def make_batches(items: list[Item], batch_size: int, token_length: Callable[[str
     return [group[i : i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
 
 
-def _t5_length(generator: Any) -> Callable[[str], int]:
+def _token_lengths(generator: Any, guided: bool) -> Callable[[Item], Hashable]:
     tokenizer = generator.store.get("tokenizer_2")
     limit = tokenizer.model_max_length
+    text = next((s for s in generator.stages if hasattr(s, "clap_length")), None)
 
-    def length(prompt: str) -> int:
-        return len(tokenizer(prompt, truncation=True, max_length=limit).input_ids)
+    def lengths(item: Item) -> Hashable:
+        t5 = len(tokenizer(item.prompt, truncation=True, max_length=limit).input_ids)
+        texts = [item.negative_prompt or "", item.prompt] if guided else [item.prompt]
+        return t5, (text.clap_length(texts) if text is not None else None)
 
-    return length
+    return lengths
 
 
 def _state(
@@ -151,7 +156,7 @@ class _BatchRun:
     def run(self, generator: Any, bar: Any) -> None:
         self.claims = self.claims or Claims(self.out_dir, self.manifest.name)
         self.generator, self.bar = generator, bar
-        token_length = _t5_length(generator)
+        token_length = _token_lengths(generator, float(self.cfg.guidance_scale) > 1.0)
         batch_size = int(self.cfg.batch_size)
         waiting: list[Item] = []
         for batch in make_batches(self.pending, batch_size, token_length):

@@ -109,7 +109,7 @@ def test_batches_share_token_length_audio_length_and_candidates():
     items = [Item(p, k, p, None, k, None, 1) for k, p in enumerate(lengths)]
     items.append(Item("f", 9, "f", None, 9, 0.5, 1))
     items.append(Item("g", 10, "g", None, 10, None, 2))
-    batches = make_batches(items, 2, lambda prompt: lengths.get(prompt, 2))
+    batches = make_batches(items, 2, lambda item: lengths.get(item.prompt, 2))
     assert [[item.id for item in batch] for batch in batches] == [["a", "c"], ["e"], ["bb", "dd"], ["f"], ["g"]]
 
 

@@ -19,7 +19,10 @@ from audioldm2_fast.config.paths import config_groups
 from audioldm2_fast.config.validate import validate_config
 from audioldm2_fast.runtime.errors import ConfigError
 
-WALKED = ["checkpoint", "scheduler", "precision", "attention", "compile", "offload"]
+WALKED = ["checkpoint", "scheduler", "precision", "attention", "compile", "offload", "graphs"]
+#: Groups that no rule relates to the others (shown by the independence tests below), walked on their own: each
+#: would only multiply the cross product's time.
+INDEPENDENT = ("checkpoint", "scheduler")
 
 
 def _options(groups: list[str]) -> dict[str, list[tuple[str, object]]]:
@@ -63,33 +66,41 @@ def test_group_options_cover_the_issue():
 
 @pytest.mark.slow
 def test_whole_cross_product_on_cpu():
-    groups = [g for g in WALKED if g != "checkpoint"]  # see test_checkpoint_options_are_independent
+    groups = [g for g in WALKED if g not in INDEPENDENT]  # see the independence tests
     outcomes, accepted = _walk(groups, "cpu", probe_with(None))
     total = accepted + sum(outcomes.values())
-    assert total == 14 * 4 * 7 * 6 * 4
+    assert total == 4 * 7 * 6 * 4 * 4
     assert accepted > 0
     # fp16 on the CPU, CUDA-only kernels and offload without an accelerator are among the refusals.
     assert {"precision", "attention", "offload"} <= set(outcomes)
 
 
-def test_checkpoint_options_are_independent_of_the_other_groups():
-    """No rule relates the checkpoint to the other groups: each checkpoint option gets the same verdict whatever the
-    other groups say, so walking them once per checkpoint option would only multiply the time."""
-    names = config_groups()["checkpoint"]
-    others = [
-        ["precision=fp32"],
-        ["precision=fp16", "attention=flash", "compile=reduce-overhead", "offload=model"],
-        ["scheduler=pndm", "attention=sliced", "compile=default"],
-    ]
+OTHERS = [
+    ["precision=fp32"],
+    ["precision=fp16", "attention=flash", "compile=reduce-overhead", "offload=model"],
+    ["scheduler=pndm", "attention=sliced", "compile=default"],
+    ["precision=bf16", "graphs=cuda", "compile=auto"],
+    ["graphs=cuda-inductor", "offload=sequential"],
+]
+
+
+@pytest.mark.parametrize("group", INDEPENDENT)
+def test_walked_alone_groups_are_independent_of_the_others(group):
+    """No rule relates the checkpoint or the scheduler to the other groups: each of their options gets the same
+    verdict whatever the other groups say (refused for its own reason, or as the rest of the config is)."""
+    names = config_groups()[group]
     for gpu, device in [(None, "cpu"), (H100, "cuda")]:
-        for other in others:
-            base_ok = _verdict(["checkpoint=tiny", *other], device, gpu)
+        for other in OTHERS:
+            other = [o for o in other if not o.startswith(f"{group}=")]
+            base = _verdict(["checkpoint=tiny", *other], device, gpu)
             for name in names:
-                verdict = _verdict([f"checkpoint={name}", *other], device, gpu)
-                if name == "local":  # needs checkpoint.path: refused for that reason alone
+                verdict = _verdict(["checkpoint=tiny", f"{group}={name}", *other], device, gpu)
+                if group == "checkpoint" and name == "local":  # needs checkpoint.path: refused for that alone
                     assert verdict == "checkpoint.path"
+                elif group == "scheduler" and name == "dpm_sde" and verdict != base:  # its own rule: torchsde
+                    assert verdict == "scheduler"
                 else:
-                    assert verdict == base_ok, (name, other, device)
+                    assert verdict == base, (group, name, other, device)
 
 
 def _verdict(overrides: list[str], device: str, gpu) -> str:
@@ -103,9 +114,9 @@ def _verdict(overrides: list[str], device: str, gpu) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("gpu", [H100, V100], ids=["H100", "V100"])
 def test_cross_product_on_described_gpus(gpu):
-    groups = [g for g in WALKED if g != "checkpoint"]  # the checkpoint adds no device rules
+    groups = [g for g in WALKED if g not in INDEPENDENT]  # they add no device rules
     outcomes, accepted = _walk(groups, "cuda", probe_with(gpu))
-    assert accepted + sum(outcomes.values()) == 14 * 4 * 7 * 6 * 4
+    assert accepted + sum(outcomes.values()) == 4 * 7 * 6 * 4 * 4
     assert accepted > 0
     if gpu is V100:
         assert outcomes["precision"] > 0  # bf16 refused on a GPU without it
@@ -173,18 +184,23 @@ LADDER = {
 
 def test_fastest_resolves_per_device(make_generator):
     from audioldm2_fast.accel.compile import effective_mode
+    from audioldm2_fast.accel.graphs import captures_on
     from audioldm2_fast.stages.base import stage_placement
 
     cfg = compose_config(["experiment=fastest", "checkpoint=tiny", "prompt=x", "device=cuda"])
-    validate_config(cfg, probe_with(H100))
+    validated = validate_config(cfg, probe_with(H100))
     device, dtype = stage_placement(cfg, "denoiser", probe_with(H100))
-    assert str(dtype) == "torch.bfloat16" and effective_mode(cfg.compile.mode, device.type) == "reduce-overhead"
+    assert str(dtype) == "torch.bfloat16" and effective_mode(cfg.compile.mode, device.type) == "none"
+    graphs = validated.optimizations["graphs"]  # every stage captured, over Inductor's kernels
+    assert captures_on(graphs.mode, device.type) and graphs.inductor
+    assert set(graphs.stages) == {"text_encoders", "prior", "denoiser", "vae_decoder", "vocoder"}
     assert str(stage_placement(cfg, "vocoder", probe_with(H100))[1]) == "torch.float32"
     assert str(stage_placement(cfg, "denoiser", probe_with(V100))[1]) == "torch.float16"
     assert cfg.scheduler.name == "dpmpp_2m" and cfg.steps == 20
     gen = make_generator("experiment=fastest", "prompt=x", "steps=2")  # on this CPU: fp32, eager
     denoiser = gen.stages[2]
     assert denoiser.dtype == torch.float32 and type(denoiser.modules["unet"]).__name__ != "OptimizedModule"
+    assert "denoise" not in vars(denoiser)  # graphs=auto captures nothing on the CPU
 
 
 @pytest.mark.parametrize("rung", list(LADDER))
